@@ -18,7 +18,7 @@ import numpy as np
 from ._validation import SIMPLEX_ATOL
 
 #: Elements per block: large enough to amortise Python's overhead, small enough for the cache.
-BLOCK = 1 << 17
+BLOCK = 1 << 18
 
 _pool: ThreadPoolExecutor | None = None
 
@@ -84,7 +84,7 @@ class RowStats:
     two_valued: bool  # in every row, every reward equals rmin or rmax
     p_max: np.ndarray | None  # pi-mass at rmax over that at rmax or rmin; when two_valued
     p_min: np.ndarray | None  # likewise at rmin (computed apart: accurate when p_max -> 1)
-    is_max: np.ndarray | None  # (n, K) bool, reward == rmax; when two_valued
+    is_max: np.ndarray | None  # (n, K): 1 where reward == rmax, else 0 (bool, or r itself for {0,1})
 
 
 def row_stats(pi: np.ndarray, r: np.ndarray, batch_shape: tuple[int, ...]) -> RowStats:
@@ -99,11 +99,15 @@ def row_stats(pi: np.ndarray, r: np.ndarray, batch_shape: tuple[int, ...]) -> Ro
     Two-valuedness (the binary shortcut) is looked for only if the first row
     has it, so other inputs pay nothing for it.
     """
+    first = r[0]
+    if ((first == 0) | (first == 1)).all():
+        st = _zero_one_stats(pi, r, batch_shape)
+        if st is not None:
+            return st
     n, k = pi.shape
     st = RowStats(total=np.empty(n), rmin=np.empty(n), rmax=np.empty(n), two_valued=False,
                   p_max=None, p_min=None, is_max=None)  # fmt: skip
     pmin = np.empty(n)
-    first = r[0]
     if ((first == first.min()) | (first == first.max())).all():
         st.two_valued = True
         st.p_max, st.p_min, st.is_max = np.empty(n), np.empty(n), np.empty((n, k), dtype=bool)
@@ -133,26 +137,65 @@ def row_stats(pi: np.ndarray, r: np.ndarray, batch_shape: tuple[int, ...]) -> Ro
             st.p_min[i0:i1] = mass_min / (mass_max + mass_min)
 
     map_blocks(block, n, k)
-    bad_pi = ~(pmin >= 0)
-    if bad_pi.any():
-        _raise_first(pi, "pi", bad_pi, batch_shape, lambda x: ~((x >= 0) & np.isfinite(x)),
-                     "must be finite and non-negative")  # fmt: skip
-    off = np.abs(st.total - 1.0)
-    if not off.max() <= SIMPLEX_ATOL:
-        row = int(np.argmax(~(off <= SIMPLEX_ATOL)))
-        if not np.isfinite(st.total[row]):
-            _raise_first(pi, "pi", ~(np.abs(st.total - 1.0) <= SIMPLEX_ATOL), batch_shape,
-                         lambda x: ~np.isfinite(x), "must be finite and non-negative")  # fmt: skip
-        raise ValueError(
-            f"pi must sum to 1 over its last axis (tolerance {SIMPLEX_ATOL:g}); "
-            f"pi{_index(row, batch_shape)} sums to {st.total[row]!r}"
-        )
+    _check_policy_rows(pi, pmin, st.total, batch_shape)
     bad_r = ~(np.isfinite(st.rmin) & np.isfinite(st.rmax))
     if bad_r.any():
         _raise_first(r, "r", bad_r, batch_shape, lambda x: ~np.isfinite(x), "must be finite")
     if st.two_valued and not row_two.all():
         st.two_valued, st.p_max, st.p_min, st.is_max = False, None, None, None
     return st
+
+
+def _zero_one_stats(pi, r, batch_shape) -> RowStats | None:
+    """:class:`RowStats` for rewards in {0, 1}, in fewer passes: ``r`` is its own
+    mask and ``(1 - r) r == 0`` tests every entry (NaN and inf fail it).
+    ``None`` if some entry is not 0 or 1."""
+    n, k = pi.shape
+    total, pmin, mass1, mass0 = (np.empty(n) for _ in range(4))
+    other = np.zeros(n, dtype=bool)
+
+    def block(i0, i1):
+        p, rr = pi[i0:i1], r[i0:i1]
+        pmin[i0:i1] = p.min(axis=1)
+        total[i0:i1] = s = p.sum(axis=1)
+        mass1[i0:i1] = m1 = rowdot(p, rr)
+        q = scratch("q", i1 - i0, k)
+        np.subtract(1.0, rr, out=q)
+        # The mass at 0 is total - mass1 up to 2 ulps while mass1 <= total/2; above
+        # that it is summed directly (exactly 0 when no action of positive mass has 0).
+        m0 = s - m1
+        high = np.nonzero(m1 > 0.5 * s)[0]
+        if high.size:
+            m0[high] = rowdot(p[high], q[high])
+        mass0[i0:i1] = m0
+        q *= rr
+        other[i0:i1] = q.any(axis=1)
+
+    map_blocks(block, n, k)
+    if other.any():
+        return None
+    _check_policy_rows(pi, pmin, total, batch_shape)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        both = mass1 + mass0
+        return RowStats(total=total, rmin=np.zeros(n), rmax=np.ones(n), two_valued=True,
+                        p_max=mass1 / both, p_min=mass0 / both, is_max=r)  # fmt: skip
+
+
+def _check_policy_rows(pi, pmin, total, batch_shape) -> None:
+    bad_pi = ~(pmin >= 0)
+    if bad_pi.any():
+        _raise_first(pi, "pi", bad_pi, batch_shape, lambda x: ~((x >= 0) & np.isfinite(x)),
+                     "must be finite and non-negative")  # fmt: skip
+    off = np.abs(total - 1.0)
+    if not off.max() <= SIMPLEX_ATOL:
+        row = int(np.argmax(~(off <= SIMPLEX_ATOL)))
+        if not np.isfinite(total[row]):
+            _raise_first(pi, "pi", ~(off <= SIMPLEX_ATOL), batch_shape,
+                         lambda x: ~np.isfinite(x), "must be finite and non-negative")  # fmt: skip
+        raise ValueError(
+            f"pi must sum to 1 over its last axis (tolerance {SIMPLEX_ATOL:g}); "
+            f"pi{_index(row, batch_shape)} sums to {total[row]!r}"
+        )
 
 
 def _index(row: int, batch_shape: tuple[int, ...], col: int | None = None) -> list[int]:

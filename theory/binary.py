@@ -47,9 +47,9 @@ def solve_two_point(p: np.ndarray, a1: np.ndarray, a0: np.ndarray, rough: bool =
     and the log-ratios ``s = a - omega(a + u)``; with ``rough``, ``u`` only
     to about 1e-3 (a start for other solvers) and no log-ratios.
 
-    Newton's method on the residual of :mod:`._residual` (``log E e^s`` for
-    ``lambda >= 0.1``, the cancellation-free ``log E[e^s - 1 - s] - log E omega``
-    below), safeguarded as in rtsafe inside the bracket ``[log lambda_lo, log a1]``
+    Halley's method on the residual of :mod:`._residual` (``log E e^s`` for
+    ``lambda >= 0.01``; Newton's on the cancellation-free
+    ``log E[e^s - 1 - s] - log E omega`` below), safeguarded as in rtsafe inside the bracket ``[log lambda_lo, log a1]``
     (``lambda <= max a``; the lower bound is below): where Newton leaves the
     bracket, or fails to halve the step before last, a wide bracket is
     searched downward from its top with doubling steps, a narrow one halved.
@@ -59,26 +59,36 @@ def solve_two_point(p: np.ndarray, a1: np.ndarray, a0: np.ndarray, rough: bool =
     p, a1, a0 = p.reshape(-1), a1.reshape(-1), a0.reshape(-1)
     logp = np.log(p)
     logq = np.log1p(-p) if q is None else np.log(np.broadcast_to(np.asarray(q, dtype=np.float64), p.shape).reshape(-1))
-    with np.errstate(over="ignore", divide="ignore"):
+    with np.errstate(divide="ignore"):
         hi = np.log(a1)
-        # lambda >= (E e^a - 1)/E e^{2a}, as lambda -> E e^s is convex with
-        # slope -E e^{2a} at 0; E e^a - 1 = p g(a1) + q g(a0) since E a = 0.
-        lo = np.logaddexp(logp + log_expm1_minus_x(a1), logq + log_expm1_minus_x(a0))
-        lo -= np.logaddexp(logp + 2 * a1, logq + 2 * a0)
-    # A rounding-sized margin keeps the bound valid where it is nearly tight (tiny lambda).
-    lo = np.where(np.isfinite(lo), np.minimum(lo - 1e-9 * np.maximum(1.0, np.abs(lo)), hi), -np.inf)
-    u = np.clip(_two_point_start(p, a1, logp, logq), lo, hi)
+
+    def lower_bound(idx):
+        """``lambda >= (E e^a - 1)/E e^{2a}``: ``lambda -> E e^s`` is convex with
+        slope ``-E e^{2a}`` at 0; ``E e^a - 1 = p g(a1) + q g(a0)`` since ``E a = 0``."""
+        lp, lq, b1, b0 = logp[idx], logq[idx], a1[idx], a0[idx]
+        with np.errstate(over="ignore", divide="ignore"):
+            lo = np.logaddexp(lp + log_expm1_minus_x(b1), lq + log_expm1_minus_x(b0))
+            lo -= np.logaddexp(lp + 2 * b1, lq + 2 * b0)
+        # A rounding-sized margin keeps the bound valid where it is nearly tight.
+        return np.where(np.isfinite(lo), lo - 1e-9 * np.maximum(1.0, np.abs(lo)), -np.inf)
+
+    u = np.minimum(_two_point_start(p, a1, logp, logq), hi)
     a = np.stack([a1, a0], axis=-1)
     log_pi = np.stack([logp, logq], axis=-1)
+    # The last evaluation of each entry, to carry its log-ratios to the root.
+    seen_u, seen_s, seen_dsdu = np.empty_like(u), np.empty_like(a), np.empty_like(a)
 
     def evaluate(idx, u_idx):
         s, w = _two_point_log_ratios(a[idx], u_idx)
+        seen_u[idx], seen_s[idx], seen_dsdu[idx] = u_idx, s, -w / (1.0 + w)
         return residual(log_pi[idx], s, w, u_idx)
 
-    u = newton_decreasing(evaluate, u, lo, hi, tol=1e-3 if rough else 1e-9)
+    lo = np.full(u.shape, -np.inf)
+    u = newton_decreasing(evaluate, u, lo, hi, tol=1e-3 if rough else 1e-9, lower_bound=lower_bound)
     if rough:
         return u, None, None
-    s, _ = _two_point_log_ratios(a, u)
+    # The last step is below 1e-9: s(u) = s(u_seen) + s' (u - u_seen) to within 1e-18.
+    s = seen_s + seen_dsdu * (u - seen_u)[:, None]
     return u, s[:, 0], s[:, 1]
 
 

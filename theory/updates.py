@@ -227,15 +227,23 @@ def _two_valued(pi2, tau_rows, stats, out) -> None:
         rho_step = np.where(live, np.exp(s_hi), 1.0) * inv_s - rho_lo
     n, k = pi2.shape
 
+    # log_ratio = (m step + shift) + base, the bracket exact for m in {0, 1}: the
+    # log-ratio of smaller magnitude is the base, exact; the larger one is
+    # recovered by a sum, within an ulp of itself.
+    step = s_hi - s_lo
+    hi_base = np.abs(s_hi) < np.abs(s_lo)
+    base = np.where(hi_base, s_hi, s_lo)
+    shift = np.where(hi_base, -step, 0.0)
+
     def block(i0, i1):
-        m = _blocks.scratch("mask", i1 - i0, k)
-        np.copyto(m, stats.is_max[i0:i1])
+        m = stats.is_max[i0:i1]
+        if m.dtype != np.float64:
+            m = _blocks.scratch("mask", i1 - i0, k)
+            np.copyto(m, stats.is_max[i0:i1])
         lr, pol = out.log_ratio[i0:i1], out.policy[i0:i1]
-        # log_ratio = m s_hi + (1 - m) s_lo: exact, as x * 1 + y * 0 == x.
-        np.multiply(m, s_hi[i0:i1, None], out=lr)
-        np.multiply(m, -s_lo[i0:i1, None], out=pol)
-        pol += s_lo[i0:i1, None]
-        lr += pol
+        np.multiply(m, step[i0:i1, None], out=lr)
+        lr += shift[i0:i1, None]
+        lr += base[i0:i1, None]
         if in_log_space:
             pol[...] = _multiplier.policy_from_log_ratio(pi2[i0:i1], inv_s[i0:i1], lr, u[i0:i1])
             return
