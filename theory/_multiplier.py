@@ -14,14 +14,16 @@ Method, per row:
 1. *Start.* The root for the two-point distribution with the row's
    variance and largest target (``binary.solve_two_point``): exact for
    two-valued rewards, typically within 0.1 otherwise.
-2. *Single precision.* A quartic model of ``M`` around the start: with the
-   moments ``m_k = E_pi omega^{(k)}(a + u)``, ``M(u + d) ~ sum_k m_k d^k/k!``,
-   whose truncation error is of order ``(d/pi)^5`` (omega's singularities
-   are at ``-1 +- i pi``); solved for ``d``.
+2. *Single precision.* A model of ``M`` around the start: with the moments
+   ``m_k = E_pi omega^{(k)}(a + u)``, ``M(u + d) ~ sum_k m_k d^k/k!``,
+   solved for ``d``. Quadratic, or quartic when some step exceeds 0.039;
+   the truncation error is of order ``(d/pi)^{order+1}`` (omega's
+   singularities are at ``-1 +- i pi``).
 3. *Double precision.* ``omega`` carried to ``u + d`` by its Taylor series
-   and refined to full precision (one Fritsch step), and a cubic model
-   step; once ``|d| <= 1e-4`` the model is exact to rounding and ``omega``
-   is carried to ``u + d`` by its Taylor series.
+   and refined to full precision (one Halley or Fritsch step), then one
+   more model step, quadratic while ``|d| <= 1e-5`` (remainder 2e-16),
+   cubic up to ``|d| <= 1e-4``; ``omega`` is carried to ``u + d`` by its
+   Taylor series, exact at that distance.
 4. *The rest.* Rows whose step is still larger, and rows with
    ``lambda < 1e-3`` (where ``F`` is a difference of nearly equal numbers and
    the model ill-conditioned), finish in :func:`_finish_rows`: safeguarded
@@ -36,6 +38,9 @@ not depend on the rest of the batch.
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import numpy as np
 
 from . import binary
@@ -43,8 +48,9 @@ from ._blocks import map_blocks, rowdot, scratch
 from ._residual import residual
 from ._rootfind import newton_decreasing
 from .omega import (
-    derivatives_into,
+    high_derivatives_into,
     log_ratio_from_omega,
+    low_derivatives_into,
     omega_f32_into,
     refine_omega_into,
     wright_omega,
@@ -53,8 +59,10 @@ from .omega import (
 _F32 = np.float32
 #: |d| below which the cubic model and the Taylor transport are exact to rounding.
 _FINAL_STEP = 1e-4
-#: Largest |d| for which omega is carried by its Taylor series instead of recomputed.
-_TRANSPORT_STEP = 0.5
+#: |d| up to which quadratic models are used: float32 (remainder |d|^3/6 < 1e-5,
+#: so Halley refines the transported omega exactly) and float64 (remainder 2e-16).
+_QUADRATIC_STEP_32 = 0.039
+_QUADRATIC_STEP_64 = 1e-5
 _LOG_SMALL_LAMBDA = float(np.log(1e-3))
 
 
@@ -100,6 +108,38 @@ def _transport_into(derivs: list[np.ndarray], d: np.ndarray) -> None:
 
 def _moments(p, derivs, inv_s) -> np.ndarray:
     return np.stack([rowdot(p, x) for x in derivs]).astype(np.float64) * inv_s
+
+
+class _Derivatives(NamedTuple):
+    arrays: list  # [omega, omega', ...] up to ``order``
+    order: int
+    step: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+def _model_derivatives(p, arrays, t, inv_s, u, lo, hi, rows, quadratic_limit, bracket=False) -> _Derivatives:
+    """Derivatives of omega (``arrays[0]``) into ``arrays[1:]``, their moments and the
+    model step: quadratic, or with two more orders where some step of ``rows``
+    exceeds ``quadratic_limit`` (where the quadratic model is not exact enough).
+
+    ``t`` is scratch. With ``bracket``, ``lo``/``hi`` are first narrowed by the
+    sign of ``F = log m0 - u``, which is exact at this precision.
+    """
+    low_derivatives_into(arrays[0], t, arrays[1], arrays[2])
+    m = _moments(p, arrays[:3], inv_s)
+    if bracket:
+        f = np.log(m[0]) - u
+        lo = np.where(f > 0, np.maximum(lo, u), lo)
+        hi = np.where(f < 0, np.minimum(hi, u), hi)
+    step = _model_step(m, u, lo, hi)
+    if np.abs(np.where(rows, step, 0.0)).max(initial=0.0) <= quadratic_limit:
+        return _Derivatives(arrays[:3], 2, step, lo, hi)
+    high = arrays[3:5] if len(arrays) > 4 else arrays[3:4]
+    high_derivatives_into(arrays[0], t, arrays[2], *high)
+    arrays = arrays[: 3 + len(high)]
+    m = np.concatenate([m, _moments(p, high, inv_s)])
+    return _Derivatives(arrays, len(arrays) - 1, _model_step(m, u, lo, hi), lo, hi)
 
 
 def targets_into(r, mean_hi, mean_lo, tau, out) -> None:
@@ -183,46 +223,44 @@ def solve_block_into(pi, r, tau, total, mean_hi, mean_lo, u0, amax, policy, log_
         hi = np.where(live, np.log(amax), 0.0)
     lo = np.full(n, -np.inf)
 
-    # Single precision: one quartic model step. The float32 residual is good
-    # to ~1e-6 only, so rows with small lambda are left where they are.
+    # Single precision: one model step, quadratic or (if the step is long) quartic.
+    # The float32 residual is good to ~1e-6 only, so rows with small lambda
+    # are left where they are.
     p32, w32, z32 = scratch("p32", n, k, _F32), scratch("w32", n, k, _F32), scratch("z32", n, k, _F32)
     d32 = [w32] + [scratch(f"d{j}_32", n, k, _F32) for j in range(1, 5)]
     p32[...] = pi
     np.add(a, u[:, None], out=z32)
+    moving = live & (u >= _LOG_SMALL_LAMBDA)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         omega_f32_into(z32, w32, *d32[1:4])
-        derivatives_into(w32, z32, *d32[1:4], d4=d32[4])
-        m = _moments(p32, d32, inv_s)
-        d = _model_step(m, u, lo, hi)
-    moving = live & (u >= _LOG_SMALL_LAMBDA) & np.isfinite(d)
-    d = np.where(moving, d, 0.0)
+        derivs = _model_derivatives(p32, d32, z32, inv_s, u, lo, hi, moving, _QUADRATIC_STEP_32)
+        d = np.where(moving, derivs.step, 0.0)
     u = u + d
-    _transport_into(d32, d)
-    far = np.nonzero(np.abs(d) > _TRANSPORT_STEP)[0]
-    if far.size:  # too far for the Taylor series: start again
+    _transport_into(derivs.arrays, d)
+    # Error of the transported omega: the Taylor remainder, |d|^{order+1}/(order+1)!.
+    err = np.abs(d) ** (derivs.order + 1) / math.factorial(derivs.order + 1)
+    far = np.nonzero(err > 1e-4)[0]
+    if far.size:  # too far for the Taylor series: start again (error 3e-6)
         w32[far] = _omega_f32((a[far] + u[far, None]).astype(_F32))
+        err[far] = 0.0
 
-    # Double precision: refine omega at u, one cubic model step, transport.
+    # Double precision: refine omega at u (Halley is exact from within 1e-5,
+    # Fritsch from within 1e-4), one model step, transport.
     w, z = scratch("w", n, k), scratch("z", n, k)
     d64 = [w] + [scratch(f"d{j}", n, k) for j in range(1, 4)]
     w[...] = w32
     np.add(a, u[:, None], out=z)
-    # The start's error is ~3e-6 (float32) plus the quartic transport's
-    # (|d|/pi)^5: below 1e-5 a Halley step (cubic) gives full precision.
-    refine_omega_into(w, z, *d64[1:4], fourth_order=np.abs(d).max(initial=0.0) > 0.15)
-    derivatives_into(w, z, *d64[1:4])
-    m = _moments(pi, d64, inv_s)
+    refine_omega_into(w, z, *d64[1:4], fourth_order=max(err.max(initial=0.0), 3e-6) > 1e-5)
     with np.errstate(divide="ignore", invalid="ignore"):
-        f = np.log(m[0]) - u
-    lo = np.where(f > 0, np.maximum(lo, u), lo)
-    hi = np.where(f < 0, np.minimum(hi, u), hi)
-    d = _model_step(m, u, lo, hi)
-    d = np.where(live & np.isfinite(d), d, 0.0)
+        derivs = _model_derivatives(pi, d64, z, inv_s, u, lo, hi, live, _QUADRATIC_STEP_64, bracket=True)
+    d = np.where(live & np.isfinite(derivs.step), derivs.step, 0.0)
+    lo, hi = derivs.lo, derivs.hi
     u = u + d
-    _transport_into(d64, d)
+    _transport_into(derivs.arrays, d)
+    final_step = _QUADRATIC_STEP_64 if derivs.order == 2 else _FINAL_STEP
 
     # Final: a small step that the bracket did not stop (a clipped step is not converged).
-    final = (np.abs(d) <= _FINAL_STEP) & (u > lo) & (u < hi) & (u >= _LOG_SMALL_LAMBDA)
+    final = (np.abs(d) <= final_step) & (u > lo) & (u < hi) & (u >= _LOG_SMALL_LAMBDA)
     rest = live & ~final
     if rest.any():
         idx = np.nonzero(rest)[0]

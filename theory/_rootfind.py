@@ -31,10 +31,11 @@ def newton_decreasing(
     ``evaluate(idx, u[idx])`` returns ``(f, df/du, d2f/du2)`` for the entries
     ``idx``; where the second derivative is finite the step is Halley's
     (third order), else Newton's.
-    Stops an entry once its Newton step is at most ``tol`` (absolute: in
-    ``u = log lambda`` that is the relative precision of ``lambda``; with
-    quadratic convergence ``tol = 1e-9`` leaves an error near 1e-18) and
-    applies that last step when it stays inside the bracket. ``lower_bound(idx)``,
+    Stops an entry once its Newton step is at most ``tol``, or its Halley step
+    at most ``tol**(2/3)`` (absolute: in ``u = log lambda`` that is the
+    relative precision of ``lambda``; with quadratic, respectively cubic,
+    convergence ``tol = 1e-9`` leaves an error near 1e-18), and applies that
+    last step when it stays inside the bracket. ``lower_bound(idx)``,
     if given, supplies a lower end for entries that need the safeguard while
     their bracket has none (computed only then).
     """
@@ -51,11 +52,12 @@ def newton_decreasing(
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             step = -f / dfdu
             halley = 1.0 + 0.5 * step * d2fdu2 / dfdu  # = 1 - f f'' / (2 f'^2)
-            step = np.where(np.isfinite(halley) & (halley > 0.5), step / halley, step)
+            cubic = np.isfinite(halley) & (halley > 0.5)
+            step = np.where(cubic, step / halley, step)
         new = ua + step
         inside = np.isfinite(new) & (new > lo_a) & (new < hi_a)
         newton_ok = inside & (np.abs(step) <= 0.5 * dx_old[active])
-        done = (f == 0) | (np.abs(step) <= tol)
+        done = (f == 0) | (np.abs(step) <= np.where(cubic, tol ** (2.0 / 3.0), tol))
         if lower_bound is not None:
             need = np.nonzero(~newton_ok & ~done & np.isneginf(lo_a))[0]
             if need.size:

@@ -76,19 +76,22 @@ def solve_two_point(p: np.ndarray, a1: np.ndarray, a0: np.ndarray, rough: bool =
     a = np.stack([a1, a0], axis=-1)
     log_pi = np.stack([logp, logq], axis=-1)
     # The last evaluation of each entry, to carry its log-ratios to the root.
-    seen_u, seen_s, seen_dsdu = np.empty_like(u), np.empty_like(a), np.empty_like(a)
+    seen_u, seen_s, seen_w = np.empty_like(u), np.empty_like(a), np.empty_like(a)
 
     def evaluate(idx, u_idx):
         s, w = _two_point_log_ratios(a[idx], u_idx)
-        seen_u[idx], seen_s[idx], seen_dsdu[idx] = u_idx, s, -w / (1.0 + w)
+        seen_u[idx], seen_s[idx], seen_w[idx] = u_idx, s, w
         return residual(log_pi[idx], s, w, u_idx)
 
     lo = np.full(u.shape, -np.inf)
     u = newton_decreasing(evaluate, u, lo, hi, tol=1e-3 if rough else 1e-9, lower_bound=lower_bound)
     if rough:
         return u, None, None
-    # The last step is below 1e-9: s(u) = s(u_seen) + s' (u - u_seen) to within 1e-18.
-    s = seen_s + seen_dsdu * (u - seen_u)[:, None]
+    # The last step is below 1e-6: s(u) = s(u_seen) + s' d + s'' d^2/2 to within
+    # 1e-18, with s' = -omega' = -omega t and s'' = -omega'' = -omega t^3.
+    d = (u - seen_u)[:, None]
+    t = 1.0 / (1.0 + seen_w)
+    s = seen_s - seen_w * t * d * (1.0 + 0.5 * t * t * d)
     return u, s[:, 0], s[:, 1]
 
 
@@ -169,6 +172,16 @@ def _binary_inputs(p, tau):
     return p.astype(np.float64), tau.astype(np.float64)
 
 
+def _masses(p, s1, s0):
+    """``(p', 1 - p')`` from the log-ratios: ``p e^{s1}`` and ``(1-p) e^{s0}``, divided
+    by their sum (1 up to the root's rounding; dividing keeps ``p' <= 1``).
+    Formed in log space, so that ``p = 0`` with a large ``s1`` gives 0, not NaN."""
+    with np.errstate(divide="ignore"):
+        success, failure = np.exp(np.log(p) + s1), np.exp(np.log1p(-p) + s0)
+    total = success + failure
+    return success / total, failure / total
+
+
 def _out(x):
     return x[()] if np.ndim(x) == 0 else x
 
@@ -183,11 +196,10 @@ def pmd_mean_step(p, tau) -> BinaryMeanStep:
     p, tau = _binary_inputs(p, tau)
     u, s1, s0 = _solve_binary(p, tau)
     lam = np.exp(u)
-    success, failure = p * np.exp(s1), (1.0 - p) * np.exp(s0)
-    total = success + failure  # 1 up to the root's rounding; dividing keeps p' <= 1
+    success, failure = _masses(p, s1, s0)
     return BinaryMeanStep(
-        success=_out(success / total),
-        failure=_out(failure / total),
+        success=_out(success),
+        failure=_out(failure),
         log_ratio_correct=_out(s1),
         log_ratio_incorrect=_out(s0),
         lam=_out(lam),
@@ -208,11 +220,10 @@ def pmd_part_step(p, tau) -> BinaryPartStep:
         log_z = np.logaddexp(np.log(p) + 1.0 / tau, np.log(q))
     s1 = 1.0 / tau - log_z
     s0 = -log_z
-    success, failure = p * np.exp(s1), q * np.exp(s0)
-    total = success + failure  # 1 up to rounding; dividing keeps p' <= 1
+    success, failure = _masses(p, s1, s0)
     return BinaryPartStep(
-        success=_out(success / total),
-        failure=_out(failure / total),
+        success=_out(success),
+        failure=_out(failure),
         log_ratio_correct=_out(s1),
         log_ratio_incorrect=_out(s0),
         log_partition=_out(log_z),

@@ -174,27 +174,40 @@ def wright_omega(z) -> np.ndarray:
     return out.reshape(arr.shape)
 
 
-def derivatives_into(w, t, d1, d2, d3, d4=None) -> None:
-    """The first three (or four) derivatives of omega from ``w = omega(z)``; ``t`` is scratch.
+def low_derivatives_into(w, t2, d1, d2) -> None:
+    """The first two derivatives of omega from ``w = omega(z)``; leaves ``t^2`` in ``t2``.
 
-    Closed forms in the module docstring.
+    Closed forms in the module docstring, ``t = 1/(1 + omega)``.
     """
-    np.add(w, 1, out=t)
-    np.reciprocal(t, out=t)  # t = 1/(1+w)
-    np.multiply(w, t, out=d1)
-    t *= t
-    np.multiply(d1, t, out=d2)
-    np.multiply(d2, t, out=d3)  # omega t^5
+    np.add(w, 1, out=t2)
+    np.reciprocal(t2, out=t2)  # t
+    np.multiply(w, t2, out=d1)
+    t2 *= t2
+    np.multiply(d1, t2, out=d2)
+
+
+def high_derivatives_into(w, t2, d2, d3, d4=None) -> None:
+    """The third (and fourth) derivative of omega from ``w``, ``t2 = t^2`` and the second.
+
+    ``t2`` is overwritten.
+    """
+    np.multiply(d2, t2, out=d3)  # omega t^5
     if d4 is not None:
-        np.multiply(d3, t, out=d4)  # omega t^7
-        np.multiply(w, 6, out=t)
-        t -= 8
-        t *= w
-        t += 1
-        d4 *= t
-    np.multiply(w, -2, out=t)
-    t += 1
-    d3 *= t
+        np.multiply(d3, t2, out=d4)  # omega t^7
+        np.multiply(w, 6, out=t2)
+        t2 -= 8
+        t2 *= w
+        t2 += 1
+        d4 *= t2
+    np.multiply(w, -2, out=t2)
+    t2 += 1
+    d3 *= t2
+
+
+def derivatives_into(w, t, d1, d2, d3, d4=None) -> None:
+    """The first three (or four) derivatives of omega from ``w = omega(z)``; ``t`` is scratch."""
+    low_derivatives_into(w, t, d1, d2)
+    high_derivatives_into(w, t, d2, d3, d4)
 
 
 def omega_derivatives(w: np.ndarray, order: int = 3) -> list[np.ndarray]:

@@ -13,8 +13,7 @@ def policies(draw, k=None, allow_zeros=True, min_k=2, max_k=12):
     w = np.exp(logw * np.log(10))
     if allow_zeros and k > 2:
         zero = draw(hnp.arrays(np.bool_, k))
-        zero[np.argmax(w)] = False
-        zero[np.argsort(w)[-2]] = False  # keep two actions on the support
+        zero[np.argsort(-w, kind="stable")[:2]] = False  # keep two actions on the support
         w = np.where(zero, 0.0, w)
     return w / w.sum()
 
