@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import _kernels
 from ._validation import SIMPLEX_ATOL
 
 #: Elements per block: large enough to amortise Python's overhead, small enough for the cache.
@@ -76,15 +77,25 @@ def scratch(name: str, n: int, k: int, dtype=np.float64) -> np.ndarray:
 
 @dataclass
 class RowStats:
-    """Per-row facts from one pass over ``pi`` and ``r`` (shape (n, K))."""
+    """Per-row facts about ``pi`` and ``r`` (shape (n, K)). ``E_pi r = mean_hi +
+    mean_lo`` (a rounded mean and its correction); ``var``, ``amax``, ``amin``
+    describe the targets ``a = (r - E r)/tau`` (the extremes over the support)
+    and are filled by :func:`target_stats`."""
 
-    total: np.ndarray  # sum of pi
+    total: np.ndarray
     rmin: np.ndarray
     rmax: np.ndarray
-    two_valued: bool  # in every row, every reward equals rmin or rmax
-    p_max: np.ndarray | None  # pi-mass at rmax over that at rmax or rmin; when two_valued
-    p_min: np.ndarray | None  # likewise at rmin (computed apart: accurate when p_max -> 1)
-    is_max: np.ndarray | None  # (n, K): 1 where reward == rmax, else 0 (bool, or r itself for {0,1})
+    mass_max: np.ndarray  # pi-mass at rmax
+    mass_min: np.ndarray  # pi-mass at rmin (computed apart: accurate when mass_max -> total)
+    two_valued: np.ndarray  # every reward of the row equals rmin or rmax
+    mean_hi: np.ndarray
+    mean_lo: np.ndarray
+    var: np.ndarray
+    amax: np.ndarray
+    amin: np.ndarray
+
+    def rows(self, sl: slice) -> "RowStats":
+        return RowStats(*(getattr(self, f)[sl] for f in self.__dataclass_fields__))
 
 
 def row_stats(pi: np.ndarray, r: np.ndarray, batch_shape: tuple[int, ...]) -> RowStats:
@@ -93,109 +104,56 @@ def row_stats(pi: np.ndarray, r: np.ndarray, batch_shape: tuple[int, ...]) -> Ro
     ``pi`` and ``r`` are the flattened (n, K) rows of inputs whose leading
     shape is ``batch_shape``. Raises ``ValueError`` naming the first offending
     entry, as :func:`._validation.check_policy` and ``check_rewards`` do:
-    ``min(pi) >= 0`` fails for NaN and ``-inf``, the row sums for ``+inf``,
-    and the rows' reward range for non-finite rewards.
-
-    Two-valuedness (the binary shortcut) is looked for only if the first row
-    has it, so other inputs pay nothing for it.
+    ``min pi`` catches NaN and negative entries, the row sums ``+inf``, and
+    the rows' reward range non-finite rewards.
     """
-    first = r[0]
-    if ((first == 0) | (first == 1)).all():
-        st = _zero_one_stats(pi, r, batch_shape)
-        if st is not None:
-            return st
     n, k = pi.shape
-    st = RowStats(total=np.empty(n), rmin=np.empty(n), rmax=np.empty(n), two_valued=False,
-                  p_max=None, p_min=None, is_max=None)  # fmt: skip
     pmin = np.empty(n)
-    if ((first == first.min()) | (first == first.max())).all():
-        st.two_valued = True
-        st.p_max, st.p_min, st.is_max = np.empty(n), np.empty(n), np.empty((n, k), dtype=bool)
-        row_two = np.empty(n, dtype=bool)
+    st = RowStats(*(np.empty(n) for _ in range(5)), np.empty(n, dtype=bool), *(np.full(n, np.nan) for _ in range(5)))
 
     def block(i0, i1):
-        p, rr = pi[i0:i1], r[i0:i1]
-        pmin[i0:i1] = p.min(axis=1)
-        st.total[i0:i1] = total = p.sum(axis=1)
-        st.rmin[i0:i1] = rmin = rr.min(axis=1)
-        st.rmax[i0:i1] = rmax = rr.max(axis=1)
-        if not st.two_valued:
-            return
-        is_max = st.is_max[i0:i1]
-        np.equal(rr, rmax[:, None], out=is_max)
-        is_min = scratch("is_min", i1 - i0, k, bool)
-        np.equal(rr, rmin[:, None], out=is_min)
-        mask = scratch("mask", i1 - i0, k)
-        np.copyto(mask, is_max)
-        mass_max = rowdot(p, mask)
-        np.copyto(mask, is_min)
-        mass_min = rowdot(p, mask)  # exactly 0 when no action of positive mass has rmin
-        is_min |= is_max
-        row_two[i0:i1] = is_min.all(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            st.p_max[i0:i1] = mass_max / (mass_max + mass_min)
-            st.p_min[i0:i1] = mass_min / (mass_max + mass_min)
+        sl = slice(i0, i1)
+        p, rr = pi[sl], r[sl]
+        pmin[sl] = p.min(axis=1)
+        st.total[sl] = total = p.sum(axis=1)
+        st.rmin[sl], st.rmax[sl] = rr.min(axis=1), rr.max(axis=1)
+        with np.errstate(invalid="ignore"):
+            st.mean_hi[sl] = rowdot(p, rr) / total
+        _kernels.mean_and_masses(p, rr, total, st.rmin[sl], st.rmax[sl], st.mean_hi[sl], st.mean_lo[sl],
+                                 st.mass_max[sl], st.mass_min[sl], st.two_valued[sl])  # fmt: skip
 
     map_blocks(block, n, k)
-    _check_policy_rows(pi, pmin, st.total, batch_shape)
-    bad_r = ~(np.isfinite(st.rmin) & np.isfinite(st.rmax))
-    if bad_r.any():
-        _raise_first(r, "r", bad_r, batch_shape, lambda x: ~np.isfinite(x), "must be finite")
-    if st.two_valued and not row_two.all():
-        st.two_valued, st.p_max, st.p_min, st.is_max = False, None, None, None
-    return st
-
-
-def _zero_one_stats(pi, r, batch_shape) -> RowStats | None:
-    """:class:`RowStats` for rewards in {0, 1}, in fewer passes: ``r`` is its own
-    mask and ``(1 - r) r == 0`` tests every entry (NaN and inf fail it).
-    ``None`` if some entry is not 0 or 1."""
-    n, k = pi.shape
-    total, pmin, mass1, mass0 = (np.empty(n) for _ in range(4))
-    other = np.zeros(n, dtype=bool)
-
-    def block(i0, i1):
-        p, rr = pi[i0:i1], r[i0:i1]
-        pmin[i0:i1] = p.min(axis=1)
-        total[i0:i1] = s = p.sum(axis=1)
-        mass1[i0:i1] = m1 = rowdot(p, rr)
-        q = scratch("q", i1 - i0, k)
-        np.subtract(1.0, rr, out=q)
-        # The mass at 0 is total - mass1 up to 2 ulps while mass1 <= total/2; above
-        # that it is summed directly (exactly 0 when no action of positive mass has 0).
-        m0 = s - m1
-        high = np.nonzero(m1 > 0.5 * s)[0]
-        if high.size:
-            m0[high] = rowdot(p[high], q[high])
-        mass0[i0:i1] = m0
-        q *= rr
-        other[i0:i1] = q.any(axis=1)
-
-    map_blocks(block, n, k)
-    if other.any():
-        return None
-    _check_policy_rows(pi, pmin, total, batch_shape)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        both = mass1 + mass0
-        return RowStats(total=total, rmin=np.zeros(n), rmax=np.ones(n), two_valued=True,
-                        p_max=mass1 / both, p_min=mass0 / both, is_max=r)  # fmt: skip
-
-
-def _check_policy_rows(pi, pmin, total, batch_shape) -> None:
     bad_pi = ~(pmin >= 0)
     if bad_pi.any():
         _raise_first(pi, "pi", bad_pi, batch_shape, lambda x: ~((x >= 0) & np.isfinite(x)),
                      "must be finite and non-negative")  # fmt: skip
-    off = np.abs(total - 1.0)
+    off = np.abs(st.total - 1.0)
     if not off.max() <= SIMPLEX_ATOL:
         row = int(np.argmax(~(off <= SIMPLEX_ATOL)))
-        if not np.isfinite(total[row]):
+        if not np.isfinite(st.total[row]):
             _raise_first(pi, "pi", ~(off <= SIMPLEX_ATOL), batch_shape,
                          lambda x: ~np.isfinite(x), "must be finite and non-negative")  # fmt: skip
         raise ValueError(
             f"pi must sum to 1 over its last axis (tolerance {SIMPLEX_ATOL:g}); "
-            f"pi{_index(row, batch_shape)} sums to {total[row]!r}"
+            f"pi{_index(row, batch_shape)} sums to {st.total[row]!r}"
         )
+    bad_r = ~(np.isfinite(st.rmin) & np.isfinite(st.rmax))
+    if bad_r.any():
+        _raise_first(r, "r", bad_r, batch_shape, lambda x: ~np.isfinite(x), "must be finite")
+    return st
+
+
+def target_stats(pi, r, tau, st: RowStats) -> None:
+    """Fill ``var``, ``amax`` and ``amin`` (threaded)."""
+    n, k = pi.shape
+
+    def block(i0, i1):
+        sl = slice(i0, i1)
+        b = st.rows(sl)
+        _kernels.target_moments(pi[sl], r[sl], tau[sl], b.total, b.mean_hi, b.mean_lo,
+                                np.arange(i1 - i0), b.var, b.amax, b.amin)  # fmt: skip
+
+    map_blocks(block, n, k)
 
 
 def _index(row: int, batch_shape: tuple[int, ...], col: int | None = None) -> list[int]:

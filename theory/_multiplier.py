@@ -31,7 +31,9 @@ Method, per row:
    cancellation-free for small ``lambda``, so ``lambda`` keeps full relative
    accuracy.
 
-Blocks of rows are solved in parallel threads with preallocated work arrays
+Each stage is one fused pass (:mod:`._kernels`), except the
+single-precision omega (numpy's SIMD ``exp``/``log``). Blocks of rows are
+solved in parallel threads with preallocated work arrays
 (``_blocks.scratch``); every decision is per row, so a row's result does
 not depend on the rest of the batch.
 """
@@ -39,22 +41,14 @@ not depend on the rest of the batch.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 import numpy as np
 
-from . import binary
-from ._blocks import map_blocks, rowdot, scratch
+from . import _kernels, binary
+from ._blocks import RowStats, map_blocks, scratch
 from ._residual import residual
 from ._rootfind import newton_decreasing
-from .omega import (
-    high_derivatives_into,
-    log_ratio_from_omega,
-    low_derivatives_into,
-    omega_f32_into,
-    refine_omega_into,
-    wright_omega,
-)
+from .omega import log_ratio_from_omega, omega_f32_into, wright_omega
 
 _F32 = np.float32
 #: |d| below which the cubic model and the Taylor transport are exact to rounding.
@@ -73,7 +67,7 @@ def _model_step(m: np.ndarray, u: np.ndarray, lo: np.ndarray, hi: np.ndarray) ->
     order), with ``u + d`` kept inside ``[lo, hi]`` and ``|d| <= 2``.
     """
     order = m.shape[0] - 1
-    coef = [m[j] / float(np.prod(np.arange(1, j + 1))) for j in range(order + 1)]
+    coef = [m[j] / math.factorial(j) for j in range(order + 1)]
     lower = np.maximum(lo - u, -2.0)
     upper = np.minimum(hi - u, 2.0)
     d = np.zeros_like(u)
@@ -92,98 +86,25 @@ def _model_step(m: np.ndarray, u: np.ndarray, lo: np.ndarray, hi: np.ndarray) ->
     return d
 
 
-def _transport_into(derivs: list[np.ndarray], d: np.ndarray) -> None:
-    """``derivs[0] += sum_{k>=1} derivs[k] d^k / k!`` with one ``d`` per row (Horner).
+def _model(p, w, inv_s, u, lo, hi, rows, quadratic_limit, high_order, bracket=False):
+    """Moments of omega's derivatives and the model step: quadratic, or of
+    ``high_order`` where some step of ``rows`` exceeds ``quadratic_limit``.
 
-    The higher derivative arrays are overwritten.
+    With ``bracket``, ``[lo, hi]`` is first narrowed by the sign of
+    ``F = log m0 - u``, exact at this precision. Returns ``(step, order, lo, hi)``.
     """
-    dcol = d[:, None].astype(derivs[0].dtype)
-    acc = derivs[-1]
-    for k in range(len(derivs) - 1, 1, -1):
-        acc *= dcol / k
-        acc += derivs[k - 1]
-    acc *= dcol
-    derivs[0] += acc
-
-
-def _moments(p, derivs, inv_s) -> np.ndarray:
-    return np.stack([rowdot(p, x) for x in derivs]).astype(np.float64) * inv_s
-
-
-class _Derivatives(NamedTuple):
-    arrays: list  # [omega, omega', ...] up to ``order``
-    order: int
-    step: np.ndarray
-    lo: np.ndarray
-    hi: np.ndarray
-
-
-def _model_derivatives(p, arrays, t, inv_s, u, lo, hi, rows, quadratic_limit, bracket=False) -> _Derivatives:
-    """Derivatives of omega (``arrays[0]``) into ``arrays[1:]``, their moments and the
-    model step: quadratic, or with two more orders where some step of ``rows``
-    exceeds ``quadratic_limit`` (where the quadratic model is not exact enough).
-
-    ``t`` is scratch. With ``bracket``, ``lo``/``hi`` are first narrowed by the
-    sign of ``F = log m0 - u``, which is exact at this precision.
-    """
-    low_derivatives_into(arrays[0], t, arrays[1], arrays[2])
-    m = _moments(p, arrays[:3], inv_s)
+    m = np.empty((high_order + 1, p.shape[0]))
+    _kernels.moments(p, w, inv_s, 2, m)
     if bracket:
-        f = np.log(m[0]) - u
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f = np.log(m[0]) - u
         lo = np.where(f > 0, np.maximum(lo, u), lo)
         hi = np.where(f < 0, np.minimum(hi, u), hi)
-    step = _model_step(m, u, lo, hi)
+    step = _model_step(m[:3], u, lo, hi)
     if np.abs(np.where(rows, step, 0.0)).max(initial=0.0) <= quadratic_limit:
-        return _Derivatives(arrays[:3], 2, step, lo, hi)
-    high = arrays[3:5] if len(arrays) > 4 else arrays[3:4]
-    high_derivatives_into(arrays[0], t, arrays[2], *high)
-    arrays = arrays[: 3 + len(high)]
-    m = np.concatenate([m, _moments(p, high, inv_s)])
-    return _Derivatives(arrays, len(arrays) - 1, _model_step(m, u, lo, hi), lo, hi)
-
-
-def targets_into(r, mean_hi, mean_lo, tau, out) -> None:
-    """``a = ((r - mean_hi) - mean_lo) / tau``: the targets from a two-part mean."""
-    np.subtract(r, mean_hi[:, None], out=out)
-    out -= mean_lo[:, None]
-    out /= tau[:, None]
-
-
-def row_moments(pi, r, tau, total):
-    """Per row: ``E_pi r`` as ``hi + lo`` (two floats), ``Var_pi(a)``, and ``max a``,
-    ``min a`` over the support of ``pi``, with ``a = (r - E r)/tau``; one threaded pass.
-
-    The mean is refined once, ``lo = E_pi[r - hi]``: its error is then
-    ``eps E|r - hi|`` instead of ``eps |E r|``, which keeps the targets exact to
-    rounding when ``E r`` is close to one of the rewards (``p -> 1``).
-    """
-    n, k = pi.shape
-    mean_hi, mean_lo, var, amax, amin = (np.empty(n) for _ in range(5))
-
-    def block(i0, i1):
-        p, rr = pi[i0:i1], r[i0:i1]
-        inv_s = 1.0 / total[i0:i1]
-        a = scratch("a", i1 - i0, k)
-        mean_hi[i0:i1] = hi = rowdot(p, rr) * inv_s
-        np.subtract(rr, hi[:, None], out=a)
-        mean_lo[i0:i1] = lo = rowdot(p, a) * inv_s
-        a -= lo[:, None]
-        a /= tau[i0:i1, None]
-        t = scratch("t", i1 - i0, k)
-        np.multiply(a, a, out=t)
-        var[i0:i1] = rowdot(p, t) * inv_s
-        if p.min() > 0:
-            amax[i0:i1], amin[i0:i1] = a.max(axis=1), a.min(axis=1)
-        else:
-            off = p == 0
-            np.copyto(t, a)
-            t[off] = -np.inf
-            amax[i0:i1] = t.max(axis=1)
-            t[off] = np.inf
-            amin[i0:i1] = t.min(axis=1)
-
-    map_blocks(block, n, k)
-    return mean_hi, mean_lo, var, amax, amin
+        return step, 2, lo, hi
+    _kernels.moments(p, w, inv_s, high_order, m)
+    return _model_step(m, u, lo, hi), high_order, lo, hi
 
 
 def moving_rows(var, amax, amin) -> np.ndarray:
@@ -206,97 +127,76 @@ def start(var: np.ndarray, amax: np.ndarray, live: np.ndarray) -> np.ndarray:
     return u
 
 
-def solve_block_into(pi, r, tau, total, mean_hi, mean_lo, u0, amax, policy, log_ratio, lam) -> None:
-    """PMD-mean's update for a block of rows from the start ``u0``.
+def _targets(r, mean_hi, mean_lo, tau) -> np.ndarray:
+    return ((r - mean_hi[:, None]) - mean_lo[:, None]) / tau[:, None]
 
-    ``pi`` and ``r`` have shape (n, K); ``pi``'s rows sum to ``total`` (they are
-    renormalised here), ``E_pi r = mean_hi + mean_lo`` and ``amax = max a`` on
-    the support. Writes ``policy``, ``log_ratio`` (n, K) and ``lam`` (n,).
-    """
+
+def solve_block_into(pi, r, tau, st: RowStats, u0, policy, log_ratio, lam) -> None:
+    """PMD-mean's update for a block of rows from the start ``u0`` (``-inf``:
+    lambda = 0), written into ``policy``, ``log_ratio`` (n, K) and ``lam`` (n,).
+
+    ``st`` holds the block's :class:`._blocks.RowStats` (rows renormalised by
+    ``st.total``)."""
     n, k = pi.shape
-    inv_s = 1.0 / total
-    a = scratch("a", n, k)
-    targets_into(r, mean_hi, mean_lo, tau, a)
+    inv_s = 1.0 / st.total
+    target = (r, st.mean_hi, st.mean_lo, tau)
     live = np.isfinite(u0)
     u = np.where(live, u0, 0.0)
     with np.errstate(divide="ignore"):
-        hi = np.where(live, np.log(amax), 0.0)
+        hi = np.where(live, np.log(st.amax), 0.0)
     lo = np.full(n, -np.inf)
 
-    # Single precision: one model step, quadratic or (if the step is long) quartic.
-    # The float32 residual is good to ~1e-6 only, so rows with small lambda
-    # are left where they are.
-    p32, w32, z32 = scratch("p32", n, k, _F32), scratch("w32", n, k, _F32), scratch("z32", n, k, _F32)
-    d32 = [w32] + [scratch(f"d{j}_32", n, k, _F32) for j in range(1, 5)]
-    p32[...] = pi
-    np.add(a, u[:, None], out=z32)
+    # Single precision: one model step. The float32 residual is good to ~1e-6
+    # only, so rows with small lambda are left where they are.
+    z32, w32 = scratch("z32", n, k, _F32), scratch("w32", n, k, _F32)
+    t1, t2, t3 = (scratch(f"t{j}", n, k, _F32) for j in range(3))
+    _kernels.targets32(*target, u, z32)
     moving = live & (u >= _LOG_SMALL_LAMBDA)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-        omega_f32_into(z32, w32, *d32[1:4])
-        derivs = _model_derivatives(p32, d32, z32, inv_s, u, lo, hi, moving, _QUADRATIC_STEP_32)
-        d = np.where(moving, derivs.step, 0.0)
-    u = u + d
-    _transport_into(derivs.arrays, d)
+        omega_f32_into(z32, w32, t1, t2, t3)
+        d, order, _, _ = _model(pi, w32, inv_s, u, lo, hi, moving, _QUADRATIC_STEP_32, 4)
+    d = np.where(moving & np.isfinite(d), d, 0.0)
     # Error of the transported omega: the Taylor remainder, |d|^{order+1}/(order+1)!.
-    err = np.abs(d) ** (derivs.order + 1) / math.factorial(derivs.order + 1)
+    err = np.abs(d) ** (order + 1) / math.factorial(order + 1)
     far = np.nonzero(err > 1e-4)[0]
-    if far.size:  # too far for the Taylor series: start again (error 3e-6)
-        w32[far] = _omega_f32((a[far] + u[far, None]).astype(_F32))
-        err[far] = 0.0
-
-    # Double precision: refine omega at u (Halley is exact from within 1e-5,
-    # Fritsch from within 1e-4), one model step, transport.
-    w, z = scratch("w", n, k), scratch("z", n, k)
-    d64 = [w] + [scratch(f"d{j}", n, k) for j in range(1, 4)]
-    w[...] = w32
-    np.add(a, u[:, None], out=z)
-    refine_omega_into(w, z, *d64[1:4], fourth_order=max(err.max(initial=0.0), 3e-6) > 1e-5)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        derivs = _model_derivatives(pi, d64, z, inv_s, u, lo, hi, live, _QUADRATIC_STEP_64, bracket=True)
-    d = np.where(live & np.isfinite(derivs.step), derivs.step, 0.0)
-    lo, hi = derivs.lo, derivs.hi
     u = u + d
-    _transport_into(derivs.arrays, d)
-    final_step = _QUADRATIC_STEP_64 if derivs.order == 2 else _FINAL_STEP
+    if far.size:  # too far for the Taylor series: start again there (error 3e-6)
+        w32[far] = _omega_f32(_targets(r[far], st.mean_hi[far], st.mean_lo[far], tau[far]) + u[far, None])
+        d[far], err[far] = 0.0, 0.0
 
+    # Double precision: transport and refine omega at u (Halley is exact from
+    # within 1e-5, Fritsch from within 1e-4), then one model step.
+    w = scratch("w", n, k)
+    fourth = max(err.max(initial=0.0), 3e-6) > 1e-5
+    _kernels.refine(w32, d, order, *target, u, fourth, w, scratch("log", 1, k)[0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d, order, lo, hi = _model(pi, w, inv_s, u, lo, hi, live, _QUADRATIC_STEP_64, 3, bracket=True)
+    d = np.where(live & np.isfinite(d), d, 0.0)
+    u_new = u + d
     # Final: a small step that the bracket did not stop (a clipped step is not converged).
-    final = (np.abs(d) <= final_step) & (u > lo) & (u < hi) & (u >= _LOG_SMALL_LAMBDA)
-    rest = live & ~final
-    if rest.any():
-        idx = np.nonzero(rest)[0]
-        p_rest = pi[idx] * inv_s[idx, None]
+    final_step = _QUADRATIC_STEP_64 if order == 2 else _FINAL_STEP
+    final = (np.abs(d) <= final_step) & (u_new > lo) & (u_new < hi) & (u_new >= _LOG_SMALL_LAMBDA)
+    rest = np.nonzero(live & ~final)[0]
+    if rest.size:
+        a_rest = _targets(r[rest], st.mean_hi[rest], st.mean_lo[rest], tau[rest])
         # Where lambda is small the sign of F is rounding noise: drop its bracket.
-        small = u[idx] < _LOG_SMALL_LAMBDA
-        lo_rest = np.where(small, -np.inf, lo[idx])
+        small = u_new[rest] < _LOG_SMALL_LAMBDA
         with np.errstate(divide="ignore"):
-            hi_rest = np.where(small, np.log(amax[idx]), hi[idx])
-        u[idx], w[idx] = _finish_rows(p_rest, a[idx], u[idx], lo_rest, hi_rest)
-    u[~live] = -np.inf
-    w[~live] = 0.0
-    _outputs_into(pi, inv_s, a, u, w, policy, log_ratio, lam)
+            hi_rest = np.where(small, np.log(st.amax[rest]), hi[rest])
+        u_new[rest], w[rest] = _finish_rows(pi[rest] * inv_s[rest, None], a_rest, u_new[rest],
+                                            np.where(small, -np.inf, lo[rest]), hi_rest)  # fmt: skip
+        d[rest] = 0.0
+    u_new[~live] = -np.inf
+    lam[...] = np.exp(u_new)
+    _kernels.outputs(pi, w, d, order, *target, u_new, inv_s, policy, log_ratio)
 
 
-def _omega_f32(z32: np.ndarray) -> np.ndarray:
+def _omega_f32(z: np.ndarray) -> np.ndarray:
+    z32 = z.astype(_F32)
     w32 = np.empty_like(z32)
     with np.errstate(over="ignore", invalid="ignore", under="ignore"):
         omega_f32_into(z32, w32, np.empty_like(z32), np.empty_like(z32), np.empty_like(z32))
     return w32
-
-
-def _outputs_into(pi, inv_s, a, u, w, policy, log_ratio, lam) -> None:
-    """``pi_{t+1} = pi omega / lambda`` and ``log_ratio = a - omega`` (``log omega - u`` where large)."""
-    log_ratio_from_omega(a, u[:, None], w, out=log_ratio)
-    lam[...] = np.exp(u)
-    with np.errstate(over="ignore", invalid="ignore"):
-        scale = np.exp(-u) * inv_s
-    # Below lambda ~ 1e-300 e^{-u} overflows: use exp(log pi + log_ratio) there;
-    # lambda = 0 leaves the policy unchanged.
-    plain = np.isfinite(scale)
-    np.multiply(pi, w, out=policy)
-    policy *= np.where(plain, scale, 0.0)[:, None]
-    if not plain.all():
-        idx = np.nonzero(~plain)[0]
-        policy[idx] = policy_from_log_ratio(pi[idx], inv_s[idx], log_ratio[idx], u[idx])
 
 
 def policy_from_log_ratio(pi, inv_s, log_ratio, u):
@@ -323,20 +223,13 @@ def _finish_rows(p, a, u, lo, hi):
     return u, wright_omega(a + u[:, None])
 
 
-def solve_rows_into(pi, r, tau, total, policy, log_ratio, lam) -> np.ndarray:
-    """PMD-mean for all rows: moments pass, two-point starts, threaded block solves.
-
-    Returns ``E_pi r`` per row.
-    """
+def solve_rows_into(pi, r, tau, st: RowStats, policy, log_ratio, lam) -> None:
+    """PMD-mean for all rows: two-point starts, then threaded block solves."""
     n, k = pi.shape
-    mean_hi, mean_lo, var, amax, amin = row_moments(pi, r, tau, total)
-    u0 = start(var, amax, moving_rows(var, amax, amin))
+    u0 = start(st.var, st.amax, moving_rows(st.var, st.amax, st.amin))
 
     def block(i0, i1):
-        solve_block_into(
-            pi[i0:i1], r[i0:i1], tau[i0:i1], total[i0:i1], mean_hi[i0:i1], mean_lo[i0:i1],
-            u0[i0:i1], amax[i0:i1], policy[i0:i1], log_ratio[i0:i1], lam[i0:i1],
-        )  # fmt: skip
+        sl = slice(i0, i1)
+        solve_block_into(pi[sl], r[sl], tau[sl], st.rows(sl), u0[sl], policy[sl], log_ratio[sl], lam[sl])
 
     map_blocks(block, n, k)
-    return mean_hi + mean_lo

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _blocks, _multiplier, binary
+from . import _blocks, _kernels, _multiplier, binary
 from ._validation import (
     as_float_array,
     broadcast_actions,
@@ -170,8 +170,8 @@ def pmd_mean(pi, r, tau, *, method: str = "auto") -> PMDMeanResult:
     n, k = pi2.shape
     out = _Outputs(n, k)
 
-    if method == "auto" and stats.two_valued:
-        _two_valued(pi2, tau_rows, stats, out)
+    if method == "auto" and stats.two_valued.all():
+        _two_valued(pi2, r2, tau_rows, stats, out)
         return out.result(tau_rows, r2, shape)
     if method != "general":
         groups = _distinct_groups(r2) if method == "grouped" or _few_values(r2[0]) else None
@@ -180,8 +180,14 @@ def pmd_mean(pi, r, tau, *, method: str = "auto") -> PMDMeanResult:
             return out.result(tau_rows, r2, shape)
         if method == "grouped":
             raise ValueError(f"method='grouped' needs at most {MAX_GROUPS} distinct rewards per prompt")
-    out.mean_reward = _multiplier.solve_rows_into(pi2, r2, tau_rows, stats.total, out.policy, out.log_ratio, out.lam)
+    _solve_general(pi2, r2, tau_rows, stats, out)
     return out.result(tau_rows, r2, shape)
+
+
+def _solve_general(pi2, r2, tau_rows, stats, out) -> None:
+    _blocks.target_stats(pi2, r2, tau_rows, stats)
+    _multiplier.solve_rows_into(pi2, r2, tau_rows, stats, out.policy, out.log_ratio, out.lam)
+    out.mean_reward = stats.mean_hi + stats.mean_lo
 
 
 class _Outputs:
@@ -205,10 +211,11 @@ class _Outputs:
         )
 
 
-def _two_valued(pi2, tau_rows, stats, out) -> None:
+def _two_valued(pi2, r2, tau_rows, stats, out) -> None:
     """Rows whose rewards take two values: the binary solution with
     ``p = pi(r = max)`` and ``tau_eff = tau / (max - min)`` (pmd-math.md §4)."""
-    p_hi, p_lo = stats.p_max, stats.p_min  # p_lo = 1 - p_hi, more accurately where p_hi -> 1
+    both = stats.mass_max + stats.mass_min
+    p_hi, p_lo = stats.mass_max / both, stats.mass_min / both  # p_lo, not 1 - p_hi: exact 0s
     gap = stats.rmax - stats.rmin
     out.mean_reward = stats.rmin + p_hi * gap
     s_hi = p_lo * gap / tau_rows  # the targets a: the limit when lambda = 0
@@ -221,37 +228,26 @@ def _two_valued(pi2, tau_rows, stats, out) -> None:
         )
     out.lam[...] = np.exp(u)
     inv_s = 1.0 / stats.total
-    in_log_space = max(s_hi.max(), s_lo.max()) >= 700.0  # a ratio past e^700: a group of mass < 1e-300
+    # log_ratio = (m step + shift) + base with m = [r == max]: the log-ratio of
+    # smaller magnitude is the base, exact; the larger one is recovered by a sum,
+    # within an ulp of itself.
+    step = s_hi - s_lo
+    hi_base = np.abs(s_hi) < np.abs(s_lo)
+    base = np.where(hi_base, s_hi, s_lo)
+    shift = np.where(hi_base, -step, 0.0)
     with np.errstate(over="ignore"):
         rho_lo = np.where(live, np.exp(s_lo), 1.0) * inv_s
         rho_step = np.where(live, np.exp(s_hi), 1.0) * inv_s - rho_lo
     n, k = pi2.shape
 
-    # log_ratio = (m step + shift) + base, the bracket exact for m in {0, 1}: the
-    # log-ratio of smaller magnitude is the base, exact; the larger one is
-    # recovered by a sum, within an ulp of itself.
-    step = s_hi - s_lo
-    hi_base = np.abs(s_hi) < np.abs(s_lo)
-    base = np.where(hi_base, s_hi, s_lo)
-    shift = np.where(hi_base, -step, 0.0)
-
     def block(i0, i1):
-        m = stats.is_max[i0:i1]
-        if m.dtype != np.float64:
-            m = _blocks.scratch("mask", i1 - i0, k)
-            np.copyto(m, stats.is_max[i0:i1])
-        lr, pol = out.log_ratio[i0:i1], out.policy[i0:i1]
-        np.multiply(m, step[i0:i1, None], out=lr)
-        lr += shift[i0:i1, None]
-        lr += base[i0:i1, None]
-        if in_log_space:
-            pol[...] = _multiplier.policy_from_log_ratio(pi2[i0:i1], inv_s[i0:i1], lr, u[i0:i1])
-            return
-        np.multiply(m, rho_step[i0:i1, None], out=pol)
-        pol += rho_lo[i0:i1, None]
-        pol *= pi2[i0:i1]
+        sl = slice(i0, i1)
+        _kernels.two_valued_outputs(pi2[sl], r2[sl], stats.rmax[sl], step[sl], shift[sl], base[sl],
+                                    rho_lo[sl], rho_step[sl], out.policy[sl], out.log_ratio[sl])  # fmt: skip
 
     _blocks.map_blocks(block, n, k)
+    if max(s_hi.max(), s_lo.max()) >= 700.0:  # a ratio past e^700 (a group of mass < 1e-300)
+        out.policy[...] = _multiplier.policy_from_log_ratio(pi2, inv_s, out.log_ratio, u)
 
 
 def _few_values(row: np.ndarray) -> bool:
@@ -285,11 +281,10 @@ def _grouped(pi2, tau_rows, stats, groups, out) -> None:
     values, index = groups
     n, g = values.shape
     mass = np.stack([_blocks.rowdot(pi2, (index == j).astype(np.float64)) for j in range(g)], axis=1)
-    group_policy = np.empty((n, g))
-    group_log_ratio = np.empty((n, g))
-    out.mean_reward = _multiplier.solve_rows_into(
-        mass, values, tau_rows, stats.total, group_policy, group_log_ratio, out.lam
-    )
-    out.log_ratio[...] = np.take_along_axis(group_log_ratio, index, axis=1)
+    reduced = _blocks.row_stats(mass, values, (n,))
+    group = _Outputs(n, g)
+    _solve_general(mass, values, tau_rows, reduced, group)
+    out.mean_reward, out.lam[...] = group.mean_reward, group.lam
+    out.log_ratio[...] = np.take_along_axis(group.log_ratio, index, axis=1)
     with np.errstate(divide="ignore"):
         out.policy[...] = _multiplier.policy_from_log_ratio(pi2, 1.0 / stats.total, out.log_ratio, np.log(out.lam))

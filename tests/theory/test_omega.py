@@ -1,5 +1,7 @@
 """The Wright omega kernel against mpmath, finite differences and its own equation."""
 
+import math
+
 import mpmath as mp
 import numpy as np
 import pytest
@@ -80,3 +82,14 @@ def test_log_ratio_forms_agree_with_mpmath():
             z = mp.mpf(ai) + mp.mpf(7.65)  # exactly, not rounded to float64
             ref = mp.mpf(ai) - mp.lambertw(mp.exp(z)).real
         assert abs(si - float(ref)) <= 4 * EPS * max(1.0, abs(float(ref)))
+
+
+@given(st.floats(-30, 30), st.floats(-0.05, 0.05), st.sampled_from([2, 3, 4]))
+def test_taylor_transport_of_omega(z, d, order):
+    # The solver carries omega from z to z + d by its Taylor series of the given order.
+    from pmdlab.theory._kernels import _transport
+
+    w = wright_omega(np.array([z]))[0]
+    exact = wright_omega(np.array([z + d]))[0]
+    bound = abs(d) ** (order + 1) / math.factorial(order + 1) * exact + 8 * EPS * max(exact, 1.0)
+    assert abs(_transport(w, d, order) - exact) <= bound

@@ -238,3 +238,15 @@ def test_binary_update_is_exact_at_any_policy_with_that_success(p, tau):
     step = binary.pmd_mean_step(p, tau)
     assert res.policy[:4].sum() == pytest.approx(step.success, rel=1e-12)
     assert np.allclose(res.policy[:4] / pi[:4], np.exp(step.log_ratio_correct), rtol=1e-12)
+
+
+def test_a_batch_mixing_binary_and_general_rows():
+    rng = np.random.default_rng(4)
+    pi = rng.dirichlet(np.ones(7), size=6)
+    r = rng.normal(size=(6, 7))
+    r[::2] = (r[::2] > 0).astype(float)  # every other prompt has binary rewards
+    res = pmd_mean(pi, r, 0.2)
+    for i in range(6):
+        alone = pmd_mean(pi[i], r[i], 0.2, method="general")
+        assert np.allclose(res.policy[i], alone.policy, rtol=1e-12, atol=1e-16)
+        assert res.lam[i] == pytest.approx(alone.lam, rel=1e-11)
