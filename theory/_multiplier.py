@@ -25,7 +25,7 @@ Method, per row:
    cubic up to ``|d| <= 1e-4``; ``omega`` is carried to ``u + d`` by its
    Taylor series, exact at that distance.
 4. *The rest.* Rows whose step is still larger, and rows with
-   ``lambda < 1e-3`` (where ``F`` is a difference of nearly equal numbers and
+   ``lambda < 1e-2`` (where ``F`` is a difference of nearly equal numbers and
    the model ill-conditioned), finish in :func:`_finish_rows`: safeguarded
    Newton steps (:mod:`._rootfind`) on the residual of :mod:`._residual`,
    cancellation-free for small ``lambda``, so ``lambda`` keeps full relative
@@ -46,7 +46,7 @@ import numpy as np
 
 from . import _kernels, binary
 from ._blocks import RowStats, map_blocks, scratch
-from ._residual import residual
+from ._residual import LOG_LAMBDA_SWITCH, residual
 from ._rootfind import newton_decreasing
 from .omega import log_ratio_from_omega, omega_f32_into, wright_omega
 
@@ -57,7 +57,8 @@ _FINAL_STEP = 1e-4
 #: so Halley refines the transported omega exactly) and float64 (remainder 2e-16).
 _QUADRATIC_STEP_32 = 0.039
 _QUADRATIC_STEP_64 = 1e-5
-_LOG_SMALL_LAMBDA = float(np.log(1e-3))
+#: Below this lambda, F's rounding matters: rows finish on the cancellation-free residual.
+_LOG_SMALL_LAMBDA = LOG_LAMBDA_SWITCH
 
 
 def _model_step(m: np.ndarray, u: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
