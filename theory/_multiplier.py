@@ -46,9 +46,9 @@ import numpy as np
 
 from . import _kernels, binary
 from ._blocks import RowStats, map_blocks, scratch
-from ._residual import LOG_LAMBDA_SWITCH, residual
-from ._rootfind import newton_decreasing
-from .omega import log_ratio_from_omega, omega_f32_into, wright_omega
+from ._residual import LOG_LAMBDA_SWITCH
+from ._rootfind import solve_rows
+from .omega import omega_f32_into
 
 _F32 = np.float32
 #: |d| below which the cubic model and the Taylor transport are exact to rounding.
@@ -210,18 +210,13 @@ def policy_from_log_ratio(pi, inv_s, log_ratio, u):
 
 
 def _finish_rows(p, a, u, lo, hi):
-    """Rows the fast path did not finish: safeguarded Newton on the residual of
-    :mod:`._residual` (cancellation-free for small ``lambda``), each step on a
-    full-precision omega. Returns ``(u, omega(a + u))`` (allocating; few rows)."""
+    """Rows the fast path did not finish: safeguarded Newton (:mod:`._rootfind`) on the
+    residual of :mod:`._residual` (cancellation-free for small ``lambda``), each step on a
+    full-precision omega. Returns ``(u, omega(a + u))``."""
     with np.errstate(divide="ignore"):
         log_p = np.log(p)
-
-    def evaluate(idx, u_idx):
-        w = wright_omega(a[idx] + u_idx[:, None])
-        return residual(log_p[idx], log_ratio_from_omega(a[idx], u_idx[:, None], w), w, u_idx)
-
-    u = newton_decreasing(evaluate, u, lo, hi, tol=1e-9)
-    return u, wright_omega(a + u[:, None])
+    u, _, w = solve_rows(a, log_p, u, lo, hi, tol=1e-9)
+    return u, w
 
 
 def solve_rows_into(pi, r, tau, st: RowStats, policy, log_ratio, lam) -> None:

@@ -1,72 +1,46 @@
-"""Safeguarded Newton iteration for many decreasing 1-D functions at once.
+"""Safeguarded Newton iteration for ``u = log lambda``, row by row.
 
-Used for ``u = log lambda`` wherever a robust solve is needed (the two-point
-problem, and rows the fast batched path leaves unfinished). The safeguard is
-that of Numerical Recipes' ``rtsafe``: the iterates keep a bracket
-``[lo, hi]`` with ``f(lo) > 0 > f(hi)``; a Newton step that leaves it, or
-that fails to halve the step before last, is replaced by halving the
-bracket, or, while the bracket is very wide (or has no lower end), by a
-search downward from its top with doubling steps.
+Used wherever a robust solve is needed (the two-point problem, and rows the
+fast batched path leaves unfinished). The iteration itself is the kernel
+:func:`._kernels.newton_rows`; per row it is Numerical Recipes' ``rtsafe``:
+
+* the residual of :mod:`._residual` has the sign of ``E e^s - 1``, which is
+  decreasing in ``u``; the iterates keep a bracket ``[lo, hi]`` with
+  ``f(lo) > 0 > f(hi)`` (a step in the wrong direction, possible where
+  the small-``lambda`` residual is not monotone, leaves it);
+* the step is Halley's (third order) where the second derivative is finite,
+  Newton's otherwise;
+* a step that leaves the bracket, or fails to halve the step before last, is
+  replaced by halving the bracket or, while the bracket is very wide (or has
+  no lower end), by a search downward from its top with doubling steps;
+* a row stops once its Newton step is at most ``tol``, or its Halley step at
+  most ``tol**(2/3)`` (absolute in ``u``, so relative in ``lambda``; with
+  quadratic, respectively cubic, convergence ``tol = 1e-9`` leaves an error
+  near 1e-18), and takes that last step when it stays inside the bracket.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
-_MAX_ITER = 200
+from . import _kernels
 
 
-def newton_decreasing(
-    evaluate: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]],
-    u: np.ndarray,
-    lo: np.ndarray,
-    hi: np.ndarray,
-    tol: float,
-    lower_bound: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> np.ndarray:
-    """Roots of decreasing functions, one per entry of ``u``.
+def solve_rows(a, log_pi, u, lo, hi, tol: float = 1e-9, bounded: bool = False):
+    """Roots ``u`` for rows of targets ``a`` (n, K) with weights ``log pi``.
 
-    ``evaluate(idx, u[idx])`` returns ``(f, df/du, d2f/du2)`` for the entries
-    ``idx``; where the second derivative is finite the step is Halley's
-    (third order), else Newton's.
-    Stops an entry once its Newton step is at most ``tol``, or its Halley step
-    at most ``tol**(2/3)`` (absolute: in ``u = log lambda`` that is the
-    relative precision of ``lambda``; with quadratic, respectively cubic,
-    convergence ``tol = 1e-9`` leaves an error near 1e-18), and applies that
-    last step when it stays inside the bracket. ``lower_bound(idx)``,
-    if given, supplies a lower end for entries that need the safeguard while
-    their bracket has none (computed only then).
+    ``u``, ``lo``, ``hi`` (n,) are the starts and bracket ends (``lo`` may be
+    ``-inf``). With ``bounded`` (only valid when ``E_pi a = 0`` to rounding),
+    a row that needs the safeguard while it has no lower end gets
+    ``log((E e^a - 1)/E e^{2a})``, a lower bound of the root. Returns
+    ``(u, s, omega)``: the roots, and the log-ratios and omega there.
     """
-    u, lo, hi = (np.array(x, dtype=np.float64) for x in (u, lo, hi))
-    dx, dx_old = np.full(u.shape, np.inf), np.full(u.shape, np.inf)
-    active = np.arange(u.size)
-    for _ in range(_MAX_ITER):
-        if not active.size:
-            return u
-        ua = u[active]
-        f, dfdu, d2fdu2 = evaluate(active, ua)
-        lo_a = np.where(f > 0, ua, lo[active])
-        hi_a = np.where(f < 0, ua, hi[active])
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            step = -f / dfdu
-            halley = 1.0 + 0.5 * step * d2fdu2 / dfdu  # = 1 - f f'' / (2 f'^2)
-            cubic = np.isfinite(halley) & (halley > 0.5)
-            step = np.where(cubic, step / halley, step)
-        new = ua + step
-        inside = np.isfinite(new) & (new > lo_a) & (new < hi_a)
-        newton_ok = inside & (np.abs(step) <= 0.5 * dx_old[active])
-        done = (f == 0) | (np.abs(step) <= np.where(cubic, tol ** (2.0 / 3.0), tol))
-        if lower_bound is not None:
-            need = np.nonzero(~newton_ok & ~done & np.isneginf(lo_a))[0]
-            if need.size:
-                lo_a[need] = np.minimum(lower_bound(active[need]), ua[need])
-        expand = hi_a - 2.0 * np.maximum(1.0, dx[active])  # doubles the last move
-        fallback = np.where((hi_a - lo_a > 64.0) & (expand > lo_a), expand, 0.5 * (lo_a + hi_a))
-        u_next = np.where(done, np.where(inside, new, ua), np.where(newton_ok, new, fallback))
-        lo[active], hi[active] = lo_a, hi_a
-        dx_old[active], dx[active] = dx[active], np.abs(u_next - ua)
-        u[active] = u_next
-        active = active[~done]
-    raise RuntimeError("PMD-mean multiplier did not converge; please report this input")
+    a = np.ascontiguousarray(a, dtype=np.float64)
+    log_pi = np.ascontiguousarray(log_pi, dtype=np.float64)
+    u, lo, hi = (np.array(x, dtype=np.float64).reshape(-1) for x in (u, lo, hi))
+    s, w = np.empty_like(a), np.empty_like(a)
+    iterations = np.empty(u.size, dtype=np.int64)
+    _kernels.newton_rows(a, log_pi, u, lo, hi, float(tol), bool(bounded), s, w, iterations)
+    if (iterations < 0).any():
+        raise RuntimeError("PMD-mean multiplier did not converge; please report this input")
+    return u, s, w

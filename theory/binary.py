@@ -23,9 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validation import check_positive, check_probability
-from ._residual import log_expm1_minus_x, residual
-from ._rootfind import newton_decreasing
-from .omega import log_ratio_from_omega, wright_omega
+from ._rootfind import solve_rows
 
 __all__ = [
     "BinaryMeanStep",
@@ -47,12 +45,10 @@ def solve_two_point(p: np.ndarray, a1: np.ndarray, a0: np.ndarray, rough: bool =
     and the log-ratios ``s = a - omega(a + u)``; with ``rough``, ``u`` only
     to about 1e-3 (a start for other solvers) and no log-ratios.
 
-    Halley's method on the residual of :mod:`._residual` (``log E e^s`` for
-    ``lambda >= 0.01``; Newton's on the cancellation-free
-    ``log E[e^s - 1 - s] - log E omega`` below), safeguarded as in rtsafe inside the bracket ``[log lambda_lo, log a1]``
-    (``lambda <= max a``; the lower bound is below): where Newton leaves the
-    bracket, or fails to halve the step before last, a wide bracket is
-    searched downward from its top with doubling steps, a narrow one halved.
+    The safeguarded Halley/Newton iteration of :mod:`._rootfind` on the
+    residual of :mod:`._residual`, in the bracket ``(-inf, log a1]``
+    (``lambda <= max a``), with the lower bound ``(E e^a - 1)/E e^{2a}``
+    supplied where the safeguard needs one.
     Accurate for ``p`` down to 1e-300 and ``tau`` from 1e-300 to 1e300.
     """
     p, a1, a0 = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (p, a1, a0)))
@@ -61,37 +57,11 @@ def solve_two_point(p: np.ndarray, a1: np.ndarray, a0: np.ndarray, rough: bool =
     logq = np.log1p(-p) if q is None else np.log(np.broadcast_to(np.asarray(q, dtype=np.float64), p.shape).reshape(-1))
     with np.errstate(divide="ignore"):
         hi = np.log(a1)
-
-    def lower_bound(idx):
-        """``lambda >= (E e^a - 1)/E e^{2a}``: ``lambda -> E e^s`` is convex with
-        slope ``-E e^{2a}`` at 0; ``E e^a - 1 = p g(a1) + q g(a0)`` since ``E a = 0``."""
-        lp, lq, b1, b0 = logp[idx], logq[idx], a1[idx], a0[idx]
-        with np.errstate(over="ignore", divide="ignore"):
-            lo = np.logaddexp(lp + log_expm1_minus_x(b1), lq + log_expm1_minus_x(b0))
-            lo -= np.logaddexp(lp + 2 * b1, lq + 2 * b0)
-        # A rounding-sized margin keeps the bound valid where it is nearly tight.
-        return np.where(np.isfinite(lo), lo - 1e-9 * np.maximum(1.0, np.abs(lo)), -np.inf)
-
     u = np.minimum(_two_point_start(p, a1, logp, logq), hi)
-    a = np.stack([a1, a0], axis=-1)
-    log_pi = np.stack([logp, logq], axis=-1)
-    # The last evaluation of each entry, to carry its log-ratios to the root.
-    seen_u, seen_s, seen_w = np.empty_like(u), np.empty_like(a), np.empty_like(a)
-
-    def evaluate(idx, u_idx):
-        s, w = _two_point_log_ratios(a[idx], u_idx)
-        seen_u[idx], seen_s[idx], seen_w[idx] = u_idx, s, w
-        return residual(log_pi[idx], s, w, u_idx)
-
-    lo = np.full(u.shape, -np.inf)
-    u = newton_decreasing(evaluate, u, lo, hi, tol=1e-3 if rough else 1e-9, lower_bound=lower_bound)
+    u, s, _ = solve_rows(np.stack([a1, a0], axis=-1), np.stack([logp, logq], axis=-1), u,
+                         np.full(u.shape, -np.inf), hi, tol=1e-3 if rough else 1e-9, bounded=True)  # fmt: skip
     if rough:
         return u, None, None
-    # The last step is below 1e-6: s(u) = s(u_seen) + s' d + s'' d^2/2 to within
-    # 1e-18, with s' = -omega' = -omega t and s'' = -omega'' = -omega t^3.
-    d = (u - seen_u)[:, None]
-    t = 1.0 / (1.0 + seen_w)
-    s = seen_s - seen_w * t * d * (1.0 + 0.5 * t * t * d)
     return u, s[:, 0], s[:, 1]
 
 
@@ -107,12 +77,6 @@ def _two_point_start(p, a1, logp, logq):
         log_half_var = logp + 2.0 * np.log(a1) - logq - np.log(2.0)
         large = np.log(np.maximum(p * (a1 + logp), 0.0) + np.sqrt(p * a1))
     return np.where(np.isfinite(large), np.minimum(log_half_var, large), log_half_var)
-
-
-def _two_point_log_ratios(a, u):
-    """``(s, omega)`` at ``u = log lambda`` for targets ``a`` of shape (n, 2)."""
-    w = wright_omega(a + u[:, None])
-    return log_ratio_from_omega(a, u[:, None], w), w
 
 
 def _solve_binary(p: np.ndarray, tau: np.ndarray):

@@ -26,8 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import logsumexp
 
-from ._residual import logsumexp
 from ._validation import (
     broadcast_actions,
     broadcast_per_row,
@@ -110,7 +110,7 @@ def mixed_kl_chi2_argmax(pi, r, tau, beta) -> MixedResult:
     for _ in range(_MAX_ITER):
         x = x_of(mu)
         lw = log_pi + x
-        L = logsumexp(lw)
+        L = logsumexp(lw, axis=1)
         weights = np.exp(lw - L[:, None])
         with np.errstate(over="ignore", invalid="ignore"):  # e^x of actions off the support
             dL = -np.sum(np.where(support, weights / (tau_b[:, None] + 2.0 * beta_b[:, None] * np.exp(x)), 0.0), axis=1)
