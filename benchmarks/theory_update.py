@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=1000)
     parser.add_argument("--actions", type=int, default=1000)
     parser.add_argument("--tau", type=float, default=0.1)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None, help="worker threads (default: usable cores)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
