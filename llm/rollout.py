@@ -1,0 +1,62 @@
+"""The rollout batch and the policy interface shared by the bandit and the LLM trainer.
+
+A :class:`Rollout` is ``B`` sampled responses, each padded to ``T`` tokens,
+with the group (prompt) each answers. A policy is anything with
+
+* ``sample(prompts, n, generator) -> Rollout``: ``n`` responses per prompt,
+  with the sampler's own token log-probs;
+* ``log_probs(rollout) -> Tensor (B, T)``: ``log pi_theta`` of the rollout's
+  tokens, differentiable in the policy's parameters.
+
+so the update loop above the losses (:mod:`pmdlab.llm.update`) does not
+care whether it drives a softmax over a finite response set or a language
+model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
+
+import torch
+
+__all__ = ["Policy", "Rollout"]
+
+
+@dataclass
+class Rollout:
+    """``B`` responses. Every tensor field has the batch on its first axis.
+
+    ``group_ids`` (B,): the group (prompt) of each response;
+    ``tokens`` (B, T) and ``mask`` (B, T): response tokens and 1 on real ones;
+    ``sampler_logprobs`` (B, T): the sampling policy's log-probs of the tokens;
+    ``rewards`` (B,), once scored; ``prompts``: per-response prompt data (a
+    tensor with the batch first: a prompt index, or prompt token ids);
+    ``extras``: further per-response tensors (e.g. the prompt mask).
+    """
+
+    group_ids: torch.Tensor
+    tokens: torch.Tensor
+    mask: torch.Tensor
+    sampler_logprobs: torch.Tensor | None = None
+    rewards: torch.Tensor | None = None
+    prompts: Any = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.group_ids.shape[0]
+
+    def select(self, index: torch.Tensor) -> "Rollout":
+        """The responses at ``index`` (a long tensor), every field indexed alike."""
+
+        def pick(x):
+            return x[index] if isinstance(x, torch.Tensor) else x
+
+        values = {f.name: pick(getattr(self, f.name)) for f in fields(self) if f.name != "extras"}
+        return Rollout(**values, extras={k: v[index] for k, v in self.extras.items()})
+
+
+class Policy(Protocol):
+    def sample(self, prompts: Any, n: int, generator: torch.Generator | None = None) -> Rollout: ...
+
+    def log_probs(self, rollout: Rollout) -> torch.Tensor: ...

@@ -1,0 +1,149 @@
+"""The off-policy update shared by the bandit simulator and the LLM trainer.
+
+One rollout batch from ``pi_old`` feeds ``m`` optimiser steps (pmd-math.md §5):
+
+1. advantages of the whole batch, once (:meth:`Algorithm.advantages`);
+2. ``pi_old``'s log-probs, recomputed once under ``no_grad`` by the policy
+   being trained (or the sampler's, per the algorithm's ``old_source``);
+3. the batch is shuffled into ``m`` minibatches, by group (all responses to
+   a prompt together, the default) or by response, ``epochs`` times over;
+4. per minibatch: the loss of each micro-batch with the minibatch's
+   normaliser, so that gradient accumulation over micro-batches gives the
+   minibatch's loss and gradient exactly; then one optimiser step.
+
+A non-finite loss or gradient norm skips that optimiser step and is counted
+(``skipped_steps``); the caller decides when too many in a row stop a run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .algorithms import Algorithm
+from .groups import Groups
+from .rollout import Rollout
+
+__all__ = ["minibatches", "policy_update"]
+
+
+def minibatches(groups: Groups, count: int, generator: torch.Generator | None = None,
+                by: str = "group") -> list[torch.Tensor]:  # fmt: skip
+    """Shuffle the batch into ``count`` near-equal minibatches of response indices.
+
+    ``by="group"`` keeps each group whole (groups are dealt out in a random
+    order); ``by="response"`` shuffles responses freely.
+    """
+    n = groups.index.numel()
+    if count < 1:
+        raise ValueError(f"the number of minibatches must be at least 1, got {count}")
+    if by == "response":
+        if count > n:
+            raise ValueError(f"{count} minibatches but only {n} responses")
+        return list(torch.tensor_split(torch.randperm(n, generator=generator), count))
+    if by != "group":
+        raise ValueError(f"by must be 'group' or 'response', got {by!r}")
+    if count > groups.count:
+        raise ValueError(f"{count} minibatches but only {groups.count} groups")
+    device = groups.index.device
+    perm = torch.randperm(groups.count, generator=generator).to(device)
+    sizes = groups.sizes[perm]
+    ends = torch.cumsum(sizes, 0)
+    if groups.contiguous:
+        # Group g occupies [start_g, start_g + size_g): lay the permuted groups end to end.
+        starts = (torch.cumsum(groups.sizes, 0) - groups.sizes)[perm]
+        order = torch.repeat_interleave(starts - (ends - sizes), sizes) + torch.arange(n, device=device)
+    else:
+        rank = torch.empty_like(perm)
+        rank[perm] = torch.arange(groups.count, device=device)
+        order = torch.argsort(rank[groups.index], stable=True)
+    cuts = [int(ends[c[-1]]) for c in torch.tensor_split(torch.arange(groups.count), count)]
+    return list(torch.tensor_split(order, cuts[:-1]))
+
+
+def policy_update(
+    log_probs: Callable[[Rollout], torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    rollout: Rollout,
+    algorithm: Algorithm,
+    *,
+    num_minibatches: int = 1,
+    epochs: int = 1,
+    generator: torch.Generator | None = None,
+    by: str = "group",
+    weights: torch.Tensor | None = None,
+    advantages: torch.Tensor | None = None,
+    old_logprobs: torch.Tensor | None = None,
+    micro_batches: Callable[[Rollout], Sequence[torch.Tensor]] | None = None,
+    parameters: Sequence[torch.Tensor] | None = None,
+    max_grad_norm: float | None = None,
+    group_diagnostics: bool = True,
+) -> dict[str, float]:
+    """Run the ``epochs x m`` optimiser steps of one rollout batch; return averaged metrics.
+
+    Each epoch reshuffles the batch into ``num_minibatches`` minibatches.
+    ``log_probs(rollout)`` is the trained policy's (B, T) token log-probs.
+    ``micro_batches(minibatch)`` splits a minibatch into index sets for
+    gradient accumulation (default: none). ``max_grad_norm`` clips the
+    gradient of ``parameters`` (needed then). Metrics are means over the
+    minibatches of the loss's diagnostics, plus ``loss``, ``grad_norm`` (when
+    clipping), ``skipped_steps`` and ``optimizer_steps``.
+    """
+    if rollout.rewards is None:
+        raise ValueError("the rollout has no rewards: score it before the update")
+    groups = Groups.from_ids(rollout.group_ids)
+    if advantages is None:
+        advantages = algorithm.advantages(rollout.rewards, groups, weights)
+    # The sampler's log-probs go to the loss where it uses them, or to compare them with
+    # the trainer's (not when they are the same tensor).
+    pass_sampler = rollout.sampler_logprobs is not None and (
+        algorithm.old_source == "sampler" or old_logprobs is not rollout.sampler_logprobs
+    )
+    if old_logprobs is None:
+        with torch.no_grad():
+            old_logprobs = log_probs(rollout)
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if max_grad_norm is not None and parameters is None:
+        raise ValueError("max_grad_norm needs the parameters to clip")
+    history: dict[str, list[torch.Tensor]] = {}
+    skipped = 0
+    steps = 0
+    schedule = [index for _ in range(epochs) for index in minibatches(groups, num_minibatches, generator, by)]
+    for index in schedule:
+        sub = rollout.select(index)
+        w = None if weights is None else weights[index]
+        normalizer = algorithm.normalizer(sub.mask, w)
+        optimizer.zero_grad(set_to_none=True)
+        parts = [slice(None)] if micro_batches is None else micro_batches(sub)
+        total = 0.0
+        for part in parts:
+            micro = sub if micro_batches is None else sub.select(part)
+            groups_mb = Groups.from_ids(micro.group_ids) if group_diagnostics else None
+            out = algorithm.loss(
+                log_probs(micro), old_logprobs[index][part], micro.mask, advantages[index][part],
+                groups=groups_mb,
+                weights=None if w is None else w[part], normalizer=normalizer,
+                sampler_logprobs=micro.sampler_logprobs if pass_sampler else None,
+            )  # fmt: skip
+            out.loss.backward()
+            total = total + out.loss.detach()
+            share = len(micro) / len(sub)
+            for k, v in out.metrics.items():
+                history.setdefault(k, []).append(v.detach() * share if micro_batches is not None else v.detach())
+        ok = bool(torch.isfinite(total))
+        if ok and max_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+            history.setdefault("grad_norm", []).append(norm.detach())
+            ok = bool(torch.isfinite(norm))
+        if ok:
+            optimizer.step()
+            steps += 1
+        else:
+            skipped += 1
+        history.setdefault("loss", []).append(total)
+    out = {k: float(torch.stack(v).sum()) / len(schedule) for k, v in history.items()}
+    out["skipped_steps"] = float(skipped)
+    out["optimizer_steps"] = float(steps)
+    return out

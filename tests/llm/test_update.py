@@ -1,0 +1,141 @@
+"""The shared off-policy update: minibatching, accumulation, guards, and the algorithm table."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pmdlab.llm import losses
+from pmdlab.llm.algorithms import Algorithm
+from pmdlab.llm.groups import Groups
+from pmdlab.llm.rollout import Rollout
+from pmdlab.llm.update import minibatches, policy_update
+
+
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=12), st.integers(1, 12), st.integers(0, 1000), st.booleans())
+def test_group_minibatches_partition_the_batch_and_keep_groups_whole(sizes, count, seed, shuffled):
+    count = min(count, len(sizes))
+    g = Groups.from_sizes(sizes)
+    if shuffled:  # the same groups, responses interleaved (the sorting path)
+        g = Groups.from_ids(g.index[torch.randperm(g.index.numel(), generator=torch.Generator().manual_seed(seed))])
+    parts = minibatches(g, count, torch.Generator().manual_seed(seed))
+    assert len(parts) == count
+    flat = torch.cat(parts)
+    assert sorted(flat.tolist()) == list(range(sum(sizes)))
+    owner = {}
+    for k, part in enumerate(parts):
+        for grp in g.index[part].tolist():
+            assert owner.setdefault(grp, k) == k  # a group never spans two minibatches
+
+
+def test_response_minibatches_and_bad_counts():
+    g = Groups.from_sizes([3, 3])
+    parts = minibatches(g, 4, torch.Generator().manual_seed(0), by="response")
+    assert sorted(torch.cat(parts).tolist()) == list(range(6))
+    with pytest.raises(ValueError, match="only 2 groups"):
+        minibatches(g, 3)
+    with pytest.raises(ValueError, match="at least 1"):
+        minibatches(g, 0)
+    with pytest.raises(ValueError, match="by must be"):
+        minibatches(g, 1, by="token")
+
+
+def _setup(seed=0, b=12, t=4, v=5, d=3):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, t, d, generator=gen, dtype=torch.float64)
+    tokens = torch.randint(0, v, (b, t), generator=gen)
+    mask = (torch.arange(t)[None, :] < torch.randint(1, t + 1, (b,), generator=gen)[:, None]).double()
+    rollout = Rollout(
+        group_ids=torch.arange(b) // 4,
+        tokens=tokens,
+        mask=mask,
+        rewards=(torch.rand(b, generator=gen) < 0.5).double(),
+        prompts=torch.arange(b),
+        extras={"x": x},
+    )
+    w = torch.nn.Parameter(torch.randn(d, v, generator=gen, dtype=torch.float64))
+
+    def log_probs(r):
+        return torch.log_softmax(r.extras["x"] @ w, dim=-1).gather(-1, r.tokens[..., None]).squeeze(-1)
+
+    return rollout, w, log_probs
+
+
+@pytest.mark.parametrize("name", ["pmd_mean", "grpo", "gspo"])
+def test_gradient_accumulation_count_does_not_change_the_update(name):
+    alg = Algorithm(name=name, tau=0.5)
+    results = []
+    for split in (None, 2, 3):
+        rollout, w, log_probs = _setup()
+        opt = torch.optim.SGD([w], lr=0.5)
+        micro = None if split is None else (lambda sub, k=split: list(torch.tensor_split(torch.arange(len(sub)), k)))
+        policy_update(log_probs, opt, rollout, alg, num_minibatches=2, generator=torch.Generator().manual_seed(1),
+                      micro_batches=micro)  # fmt: skip
+        results.append(w.detach().clone())
+    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(results[2], results[0], rtol=1e-12, atol=1e-14)
+    assert (results[0] - _setup()[1].detach()).abs().max() > 1e-4  # it did move
+
+
+def test_epochs_and_minibatches_count_optimizer_steps():
+    rollout, w, log_probs = _setup()
+    opt = torch.optim.SGD([w], lr=0.1)
+    out = policy_update(log_probs, opt, rollout, Algorithm(), num_minibatches=3, epochs=2)
+    assert out["optimizer_steps"] == 6 and out["skipped_steps"] == 0
+
+
+def test_non_finite_loss_skips_the_step_and_counts_it():
+    rollout, w, log_probs = _setup()
+    before = w.detach().clone()
+    opt = torch.optim.SGD([w], lr=0.1)
+    calls = {"n": 0}
+
+    def poisoned(r):
+        calls["n"] += 1
+        out = log_probs(r)
+        return out * float("nan") if calls["n"] > 1 else out  # the old log-probs are fine
+
+    out = policy_update(poisoned, opt, rollout, Algorithm(), num_minibatches=3, parameters=[w], max_grad_norm=1.0)
+    assert out["skipped_steps"] == 3 and out["optimizer_steps"] == 0
+    assert torch.equal(w.detach(), before)
+
+
+def test_update_needs_rewards_and_parameters_for_clipping():
+    rollout, w, log_probs = _setup()
+    opt = torch.optim.SGD([w], lr=0.1)
+    with pytest.raises(ValueError, match="max_grad_norm needs the parameters"):
+        policy_update(log_probs, opt, rollout, Algorithm(), max_grad_norm=1.0)
+    rollout.rewards = None
+    with pytest.raises(ValueError, match="no rewards"):
+        policy_update(log_probs, opt, rollout, Algorithm())
+
+
+def test_rollout_select_indexes_every_field():
+    rollout, _, _ = _setup()
+    sub = rollout.select(torch.tensor([5, 0]))
+    assert sub.tokens.shape[0] == 2 and sub.extras["x"].shape[0] == 2
+    assert torch.equal(sub.rewards, rollout.rewards[[5, 0]])
+    assert torch.equal(sub.prompts, torch.tensor([5, 0]))
+
+
+@pytest.mark.parametrize("name", list(losses.LOSSES))
+def test_algorithm_loss_is_the_named_loss_with_its_defaults(name):
+    rollout, w, log_probs = _setup()
+    alg = Algorithm(name=name, tau=0.7)
+    groups = Groups.from_ids(rollout.group_ids)
+    adv = alg.advantages(rollout.rewards, groups)
+    lp = log_probs(rollout)
+    old = lp.detach() + 0.05
+    got = alg.loss(lp, old, rollout.mask, adv).loss
+    kw = {"tau": 0.7} if name.startswith("pmd") else {}
+    direct = losses.LOSSES[name](lp, old, rollout.mask, rewards=rollout.rewards, groups=rollout.group_ids, **kw).loss
+    torch.testing.assert_close(got, direct)
+
+
+def test_algorithm_rejects_unknown_names_and_options():
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        Algorithm(name="ppo")
+    with pytest.raises(ValueError, match="aggregation must be one of"):
+        Algorithm(aggregation="sum")
+    with pytest.raises(ValueError, match="tau must be positive"):
+        Algorithm(name="pmd_part", tau=0.0)
