@@ -45,3 +45,11 @@ def test_markdown_table():
     outcomes = propositions.run(names=["binary_table"])
     table = verify.format_table(outcomes, markdown=True)
     assert table.splitlines()[0].startswith("| proposition |") and "| pass |" in table
+
+
+def test_markdown_table_escapes_pipes_in_cells():
+    """Descriptions such as ``|sum pi - 1|`` must not split a row into extra cells."""
+    outcomes = propositions.run(names=["lambert_w_form", "pmd_part_tilt"])
+    for row in verify.format_table(outcomes, markdown=True).splitlines()[2:]:
+        unescaped = row.replace("\\|", "")
+        assert unescaped.count("|") == 7, row

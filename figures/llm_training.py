@@ -1,0 +1,88 @@
+"""Figure 8: LLM training panels, drawn from metrics logs (:mod:`pmdlab.llm.metrics_log`).
+
+This figure never invents data: it draws whatever logs it is given (by
+default every ``*.jsonl`` under ``OUT/llm``) and says so when there are none.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pmdlab.llm.metrics_log import PANELS, read
+
+from .registry import Claim, Figure, register
+from .style import ALGORITHM_COLORS, plt
+
+_NAMES = {"pmd_mean": "PMD-mean", "pmd_part": "PMD-part", "grpo": "GRPO", "gspo": "GSPO", "rloo": "RLOO"}
+
+
+def _compute(params, seed):
+    records = read(params["logs"]) if params["logs"] else []
+    runs = sorted({r["run"] for r in records})
+    out = {"runs": np.array(runs, dtype=str), "algorithms": np.array(
+        [next(r["algorithm"] for r in records if r["run"] == run) for run in runs], dtype=str)}
+    for run in runs:
+        for metric, _ in PANELS:
+            pts = sorted((r["step"], r[metric]) for r in records if r["run"] == run and r.get(metric) is not None)
+            if pts:
+                out[f"{run}/{metric}/step"] = np.array([p[0] for p in pts], dtype=float)
+                out[f"{run}/{metric}/value"] = np.array([p[1] for p in pts], dtype=float)
+    return out
+
+
+def _missing(d):
+    if d["runs"].size == 0:
+        return "no metrics log found (looked for *.jsonl under the output folder's llm/ and in --llm-log)"
+    return None
+
+
+def _plot(d, params):
+    fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
+    for ax, (metric, title) in zip(axes.flat, PANELS):
+        for run, alg in zip(d["runs"], d["algorithms"]):
+            key = f"{run}/{metric}"
+            if key + "/step" in d:
+                label = _NAMES.get(alg, alg) + ("" if len(d["runs"]) == len(set(d["algorithms"])) else f" ({run})")
+                ax.plot(d[key + "/step"], d[key + "/value"], marker="o", ms=2.5, lw=1.5, label=label,
+                        color=ALGORITHM_COLORS.get(_NAMES.get(alg, alg)))  # fmt: skip
+        ax.set_title(title)
+        ax.set_xlabel("global step")
+    axes[0, 0].legend(loc="best")
+    fig.tight_layout()
+    return fig
+
+
+def _caption(d, params):
+    parts = []
+    for run, alg in zip(d["runs"], d["algorithms"]):
+        for metric in ("eval/avg@k", "eval/pass@k"):
+            key = f"{run}/{metric}"
+            if key + "/value" in d:
+                v = d[key + "/value"]
+                parts.append(f"{_NAMES.get(alg, alg)} {metric} {v[0]:.3f} → {v[-1]:.3f}")
+    sources = ", ".join(params["logs"])
+    return (
+        "LLM training in the layout of the paper's training figure: training reward, held-out avg@k, best@k "
+        "(pass@k), maj@k, response length and entropy against the global step, one curve per run, from "
+        f"{sources}. " + ("; ".join(parts) + "." if parts else "")
+    )
+
+
+def _claims(d, params):
+    curves = [k for k in d if k.endswith("/step")]
+    increasing = all(np.all(np.diff(d[k]) > 0) for k in curves)
+    return [
+        Claim("every run in the logs is drawn with at least one panel", bool(all(
+            any(k.startswith(f"{run}/") for k in curves) for run in d["runs"]))),
+        Claim("steps increase along every curve (one record per step and metric)", bool(increasing)),
+    ]
+
+
+register(Figure(
+    name="llm",
+    title="LLM training",
+    shows="Training reward, eval avg@k, best@k, maj@k, response length and entropy against global step, per algorithm.",
+    full={"logs": []},
+    quick={"logs": []},
+    compute=_compute, plot=_plot, caption=_caption, claims=_claims, missing=_missing,
+))  # fmt: skip

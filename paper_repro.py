@@ -1,0 +1,152 @@
+"""Regenerate every figure and the verification report.
+
+    python paper_repro.py                      # all figures, full parameters, into out/
+    python paper_repro.py --quick              # small parameters (about a minute)
+    python paper_repro.py --figure update_map --figure chi2_weight
+    python paper_repro.py --list               # the figures and what they show
+
+Computed numbers are cached under OUT/cache (keyed by parameters, seed, code
+and library versions), so re-plotting is instant. Each figure is written as
+PNG and PDF, and OUT/REPORT.md collects the proposition table of
+``python -m pmdlab.theory.verify``, every figure with its caption, the claims
+checked against its numbers, parameters, run times and library versions.
+The exit status is 1 if a proposition or a figure's claim fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from datetime import datetime, timezone
+
+from tqdm import tqdm
+
+from figures import FIGURES_IN_ORDER as FIGURES
+from figures.cache import library_versions, load_or_compute, load_or_run_propositions
+from figures.style import save
+from pmdlab.llm.metrics_log import find, read
+from pmdlab.theory.verify import format_table
+
+
+def _llm_logs(args) -> tuple[list[str], str]:
+    paths = [str(p) for p in (args.llm_log or find(os.path.join(args.out, "llm")))]
+    for p in paths:
+        if not os.path.isfile(p):
+            raise SystemExit(f"error: --llm-log {p} does not exist")
+    digest = hashlib.sha256()
+    for p in paths:
+        digest.update(open(p, "rb").read())
+    return paths, digest.hexdigest()[:16]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--figure", action="append", choices=["all", *FIGURES], help="a figure to draw (repeatable; default all)")
+    parser.add_argument("--quick", action="store_true", help="small parameters: the whole run in about a minute")
+    parser.add_argument("--out", default="out", help="output folder (default out/)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for every random draw (default 0)")
+    parser.add_argument("--recompute", action="store_true", help="ignore cached numbers")
+    parser.add_argument("--llm-log", action="append", help="metrics log(s) for the LLM figure (default: OUT/llm/*.jsonl)")
+    parser.add_argument("--list", action="store_true", help="list the figures and exit")
+    args = parser.parse_args(argv)
+    if args.list:
+        for i, fig in enumerate(FIGURES.values(), 1):
+            print(f"{i}. {fig.name}: {fig.shows}")
+        return 0
+    names = list(FIGURES) if not args.figure or "all" in args.figure else list(dict.fromkeys(args.figure))
+    os.makedirs(args.out, exist_ok=True)
+    cache = os.path.join(args.out, "cache")
+    start = time.perf_counter()
+    sections, failures = [], []
+
+    if "llm" in names:  # check the logs before any long computation
+        logs, digest = _llm_logs(args)
+        read(logs)
+    bar = tqdm(total=len(names) + 1, desc="propositions", unit="step", file=sys.stdout, dynamic_ncols=True)
+    outcomes, verify_info = load_or_run_propositions(args.seed, cache, recompute=args.recompute)
+    failures += [f"proposition {o.proposition.name}" for o in outcomes if not o.passed]
+    bar.update()
+
+    for number, name in ((list(FIGURES).index(n) + 1, n) for n in names):
+        fig = FIGURES[name]
+        bar.set_description(name)
+        params = fig.params(args.quick)
+        if name == "llm":
+            params["logs"], params["digest"] = logs, digest
+        data, info = load_or_compute(fig, params, args.seed, cache, recompute=args.recompute)
+        reason = fig.missing(data)
+        if reason:
+            tqdm.write(f"{name}: not drawn: {reason}", file=sys.stdout)
+            sections.append({"number": number, "figure": fig, "missing": reason, "params": params, "info": info})
+            bar.update()
+            continue
+        claims = fig.claims(data, params)
+        failures += [f"{name}: {c.statement}" for c in claims if not c.passed]
+        files = save(fig.plot(data, params), args.out, name)
+        sections.append({"number": number, "figure": fig, "claims": claims, "caption": fig.caption(data, params),
+                         "params": params, "info": info, "files": files})  # fmt: skip
+        bar.update()
+    bar.close()
+
+    total = time.perf_counter() - start
+    report = _report(args, argv, outcomes, verify_info, sections, total)
+    path = os.path.join(args.out, "REPORT.md")
+    with open(path, "w") as f:
+        f.write(report)
+    drawn = sum("files" in s for s in sections)
+    print(f"{drawn} figure(s) and {path} written in {total:.1f} s"
+          + (" (quick parameters)" if args.quick else ""))  # fmt: skip
+    for s in sections:
+        if "missing" in s:
+            print(f"  {s['figure'].name}: not drawn: {s['missing']}")
+    if failures:
+        print("FAILED:\n  " + "\n  ".join(failures))
+        return 1
+    return 0
+
+
+def _report(args, argv, outcomes, verify_info, sections, total) -> str:
+    cmd = "python paper_repro.py" + ("" if not argv and len(sys.argv) < 2 else " " + " ".join(argv if argv is not None else sys.argv[1:]))
+    passed = sum(o.passed for o in outcomes)
+    lines = [
+        "# Figures and verification report",
+        "",
+        f"Generated by `{cmd}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC in {total:.1f} s "
+        f"({'quick' if args.quick else 'full'} parameters, seed {args.seed}).",
+        "",
+        "## Propositions",
+        "",
+        f"`python -m pmdlab.theory.verify --seed {args.seed}`: {passed} of {len(outcomes)} propositions pass "
+        f"({'read from cache, computed' if verify_info['cached'] else 'computed'} in {verify_info['seconds']:.1f} s).",
+        "",
+        format_table(outcomes, markdown=True),
+        "",
+        "## Figures",
+        "",
+    ]
+    for s in sections:
+        fig = s["figure"]
+        lines += [f"### {s['number']}. {fig.title} (`{fig.name}`)", "", fig.shows, ""]
+        if "missing" in s:
+            lines += [f"**Not drawn:** {s['missing']}. Train with `python -m pmdlab.llm.train` or pass "
+                      "`--llm-log PATH` to draw it.", ""]  # fmt: skip
+        else:
+            lines += [f"![{fig.name}]({fig.name}.png)", "", s["caption"], "", "Claims checked against the numbers:", ""]
+            for c in s["claims"]:
+                mark = "x" if c.passed else " "
+                lines.append(f"- [{mark}] {c.statement}" + (f" ({c.detail})" if c.detail else "")
+                             + ("" if c.passed else " **FAILED**"))  # fmt: skip
+            lines.append("")
+        how = "read from cache, computed" if s["info"]["cached"] else "computed"
+        lines += [f"Parameters: `{json.dumps(s['params'])}`; {how} in {s['info']['seconds']:.1f} s.", ""]
+    lines += ["## Library versions", "", "| library | version |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in library_versions().items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
