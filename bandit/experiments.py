@@ -65,7 +65,9 @@ def one_step_success(p: float, w1: float, a1: float, a0: float) -> float:
     """Minimiser ``p'`` of ``w1/2 (a1 - log p'/p)^2 + (1-w1)/2 (a0 - log (1-p')/(1-p))^2``.
 
     In ``x = logit p'`` the derivative ``-w1 (a1 - s1)(1 - p') + w0 (a0 - s0) p'``
-    runs from negative to positive; its root is found by Brent's method.
+    is negative far left and positive far right; the loss need not be
+    unimodal, so every local minimum (a sign change from - to + on a grid,
+    refined by Brent's method) is found and the lowest taken.
     Returns ``p`` itself when ``w1`` is 0 or 1 (all rewards equal: no signal).
     """
     if w1 <= 0.0 or w1 >= 1.0:
@@ -74,16 +76,24 @@ def one_step_success(p: float, w1: float, a1: float, a0: float) -> float:
     lp, lq = math.log(p), math.log1p(-p)
 
     def slope(x):
-        s1 = float(log_expit(x)) - lp
-        s0 = float(log_expit(-x)) - lq
-        return -w1 * (a1 - s1) * float(expit(-x)) + w0 * (a0 - s0) * float(expit(x))
+        s1 = log_expit(x) - lp
+        s0 = log_expit(-x) - lq
+        return -w1 * (a1 - s1) * expit(-x) + w0 * (a0 - s0) * expit(x)
+
+    def loss(x):
+        return w1 * (a1 - (log_expit(x) - lp)) ** 2 + w0 * (a0 - (log_expit(-x) - lq)) ** 2
 
     lo, hi = -1.0, 1.0
     while slope(lo) > 0:
         lo *= 2.0
     while slope(hi) < 0:
         hi *= 2.0
-    return float(expit(brentq(slope, lo, hi, xtol=1e-14, rtol=4 * np.finfo(float).eps)))
+    grid = np.linspace(lo, hi, 257)
+    g = slope(grid)
+    starts = np.flatnonzero((g[:-1] <= 0) & (g[1:] > 0))
+    roots = [brentq(slope, grid[i], grid[i + 1], xtol=1e-14, rtol=4 * np.finfo(float).eps) for i in starts]
+    best = min(roots, key=lambda x: float(loss(x)))
+    return float(expit(best))
 
 
 def _bernoulli_kl(p: float, q: np.ndarray) -> np.ndarray:
