@@ -83,12 +83,13 @@ def one_step_success(p: float, w1: float, a1: float, a0: float) -> float:
     def loss(x):
         return w1 * (a1 - (log_expit(x) - lp)) ** 2 + w0 * (a0 - (log_expit(-x) - lq)) ** 2
 
-    lo, hi = -1.0, 1.0
-    while slope(lo) > 0:
-        lo *= 2.0
-    while slope(hi) < 0:
-        hi *= 2.0
-    grid = np.linspace(lo, hi, 257)
+    # Any minimiser has loss <= the loss at p' = p, L0 = w1 a1^2 + w0 a0^2, so
+    # log p' >= log p + a1 - sqrt(L0/w1) and log(1-p') >= log(1-p) + a0 - sqrt(L0/w0);
+    # hence logit p' lies in [log p'_min, -log(1-p')_min].
+    l0 = w1 * a1 * a1 + w0 * a0 * a0
+    lo = min(-1.0, lp + a1 - math.sqrt(l0 / w1)) - 1.0
+    hi = max(1.0, -(lq + a0 - math.sqrt(l0 / w0))) + 1.0
+    grid = np.linspace(lo, hi, 2049)
     g = slope(grid)
     starts = np.flatnonzero((g[:-1] <= 0) & (g[1:] > 0))
     roots = [brentq(slope, grid[i], grid[i + 1], xtol=1e-14, rtol=4 * np.finfo(float).eps) for i in starts]
