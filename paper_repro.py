@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from tqdm import tqdm
 
 from figures import FIGURES_IN_ORDER as FIGURES
+from figures.llm_training import run_comparison
 from figures.cache import library_versions, load_or_compute, load_or_run_propositions
 from figures.style import save
 from pmdlab.llm.metrics_log import find, read
@@ -51,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed for every random draw (default 0)")
     parser.add_argument("--recompute", action="store_true", help="ignore cached numbers")
     parser.add_argument("--llm-log", action="append", help="metrics log(s) for the LLM figure (default: OUT/llm/*.jsonl)")
+    parser.add_argument("--no-llm-training", action="store_true",
+                        help="without metrics logs, leave the LLM figure undrawn instead of training on the CPU")
     parser.add_argument("--list", action="store_true", help="list the figures and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -66,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     if "llm" in names:  # check the logs before any long computation
         logs, digest = _llm_logs(args)
         read(logs)
+        if not logs and not args.no_llm_training:
+            tqdm.write("llm: no metrics logs; training PMD-mean and GRPO on the embedded task (CPU)", file=sys.stdout)
+            try:
+                run_comparison(os.path.join(args.out, "llm"), args.seed, args.quick)
+            except ModuleNotFoundError as e:
+                tqdm.write(f"llm: cannot train ({e}); install the llm extra: pip install -e '.[llm]'", file=sys.stdout)
+            logs, digest = _llm_logs(args)
     bar = tqdm(total=len(names) + 1, desc="propositions", unit="step", file=sys.stdout, dynamic_ncols=True)
     outcomes, verify_info = load_or_run_propositions(args.seed, cache, recompute=args.recompute)
     failures += [f"proposition {o.proposition.name}" for o in outcomes if not o.passed]

@@ -1,7 +1,10 @@
 """Figure 8: LLM training panels, drawn from metrics logs (:mod:`pmdlab.llm.metrics_log`).
 
 This figure never invents data: it draws whatever logs it is given (by
-default every ``*.jsonl`` under ``OUT/llm``) and says so when there are none.
+default every ``*.jsonl`` under ``OUT/llm``). When there are none,
+``paper_repro.py`` first runs :func:`run_comparison`: PMD-mean and GRPO
+trained by ``pmdlab.llm.train`` on the embedded task and tiny model, on the
+CPU, with the same seed, data and budget.
 """
 
 from __future__ import annotations
@@ -14,6 +17,34 @@ from .registry import Claim, Figure, register
 from .style import ALGORITHM_COLORS, plt
 
 _NAMES = {"pmd_mean": "PMD-mean", "pmd_part": "PMD-part", "grpo": "GRPO", "gspo": "GSPO", "rloo": "RLOO"}
+
+
+#: Settings of the CPU comparison (the trainer's defaults, shortened for ``--quick``).
+COMPARISON = {"full": {}, "quick": {"steps": 60, "eval_every": 20, "eval_size": 128}}
+
+
+def run_comparison(out_dir: str, seed: int, quick: bool, algorithms=("pmd_mean", "grpo")) -> list[str]:
+    """Train each algorithm with ``pmdlab.llm.train``'s defaults into ``out_dir/<algorithm>``; return the logs."""
+    import dataclasses
+    import os
+
+    from pmdlab.llm.algorithms import Algorithm
+    from pmdlab.llm.train import TrainConfig, Trainer
+    from pmdlab.llm.warmstart import WarmStartConfig
+
+    logs = []
+    base = TrainConfig()
+    for name in algorithms:
+        algorithm = dataclasses.replace(base.algorithm, name=name) if name.startswith("pmd") else Algorithm(name)
+        config = dataclasses.replace(
+            base, algorithm=algorithm, seed=seed, progress=False, out=os.path.join(out_dir, name),
+            warmstart=WarmStartConfig(cache_dir=os.path.join(out_dir, "warm-start")),
+            **COMPARISON["quick" if quick else "full"],
+        )  # fmt: skip
+        trainer = Trainer(config)
+        trainer.run()
+        logs.append(str(trainer.log_path))
+    return logs
 
 
 def _compute(params, seed):

@@ -2,9 +2,11 @@
 
 :mod:`.losses` is the one implementation of every policy loss (PMD-mean,
 PMD-part, GRPO, GSPO, RLOO); :mod:`.groups` the group baselines;
-:mod:`.update` the minibatch loop that applies them. These need only torch;
-the trainer's model and data code imports ``transformers`` and friends
-(the ``llm`` extra) only when used.
+:mod:`.update` the minibatch loop that applies them. These need only torch.
+The language-model trainer (:mod:`.train`, ``python -m pmdlab.llm.train``)
+and its model, data and evaluation code (:mod:`.policy`, :mod:`.tasks`,
+:mod:`.evaluate`, :mod:`.tiny`, :mod:`.warmstart`, :mod:`.checkpoint`) use
+``transformers`` and friends (the ``llm`` extra), imported only there.
 """
 
 from .algorithms import ALGORITHMS, Algorithm

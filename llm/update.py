@@ -88,7 +88,8 @@ def policy_update(
     gradient accumulation (default: none). ``max_grad_norm`` clips the
     gradient of ``parameters`` (needed then). Metrics are means over the
     minibatches of the loss's diagnostics, plus ``loss``, ``grad_norm`` (when
-    clipping), ``skipped_steps`` and ``optimizer_steps``.
+    clipping), ``skipped_steps``, ``optimizer_steps`` and
+    ``trailing_skipped_steps`` (the skipped steps since the last one taken).
     """
     if rollout.rewards is None:
         raise ValueError("the rollout has no rewards: score it before the update")
@@ -108,8 +109,7 @@ def policy_update(
     if max_grad_norm is not None and parameters is None:
         raise ValueError("max_grad_norm needs the parameters to clip")
     history: dict[str, list[torch.Tensor]] = {}
-    skipped = 0
-    steps = 0
+    skipped = steps = trailing = 0
     schedule = [index for _ in range(epochs) for index in minibatches(groups, num_minibatches, generator, by)]
     for index in schedule:
         sub = rollout.select(index)
@@ -140,10 +140,13 @@ def policy_update(
         if ok:
             optimizer.step()
             steps += 1
+            trailing = 0
         else:
             skipped += 1
+            trailing += 1
         history.setdefault("loss", []).append(total)
     out = {k: float(torch.stack(v).sum()) / len(schedule) for k, v in history.items()}
     out["skipped_steps"] = float(skipped)
     out["optimizer_steps"] = float(steps)
+    out["trailing_skipped_steps"] = float(trailing)
     return out

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 import paper_repro
+from pmdlab.llm import metrics_log
 from figures import FIGURES_IN_ORDER
 
-DRAWN = [name for name in FIGURES_IN_ORDER if name != "llm"]
+DRAWN = list(FIGURES_IN_ORDER)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_quick_run_writes_every_figure_and_the_report(quick_run):
     assert "21 of 21 propositions pass" in report
     for name in DRAWN:
         assert f"![{name}]({name}.png)" in report
-    assert "**Not drawn:** no metrics log found" in report
+    assert "**Not drawn:**" not in report
     assert "FAILED" not in report
 
 
@@ -104,3 +105,22 @@ def test_malformed_metrics_log_names_the_line(tmp_path):
     log.write_text('{"run": "a", "algorithm": "grpo", "step": 0}\n{"run": "a", "step": 1}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl, line 2: record lacks algorithm"):
         paper_repro.main(["--out", str(tmp_path), "--figure", "llm", "--llm-log", str(log)])
+
+
+def test_without_logs_the_llm_figure_comes_from_a_cpu_comparison_on_one_footing(quick_run):
+    out = quick_run[0]
+    logs = {alg: metrics_log.read([os.path.join(out, "llm", alg, "metrics.jsonl")]) for alg in ("pmd_mean", "grpo")}
+    steps = {alg: [r["step"] for r in records] for alg, records in logs.items()}
+    assert steps["pmd_mean"] == steps["grpo"] and steps["pmd_mean"][-1] > 0
+    # Same seed and data: both start from the same warm-started model, so the step-0 evaluation agrees.
+    first = {alg: records[0] for alg, records in logs.items()}
+    assert first["pmd_mean"]["eval/avg@k"] == first["grpo"]["eval/avg@k"]
+    report = open(os.path.join(out, "REPORT.md")).read()
+    assert "PMD-mean eval/avg@k" in report and "GRPO eval/avg@k" in report
+
+
+def test_no_llm_training_leaves_the_figure_undrawn(tmp_path):
+    code = paper_repro.main(["--quick", "--out", str(tmp_path), "--figure", "llm", "--no-llm-training"])
+    assert code == 0
+    assert "**Not drawn:** no metrics log found" in open(os.path.join(tmp_path, "REPORT.md")).read()
+    assert not os.path.exists(os.path.join(tmp_path, "llm", "pmd_mean"))

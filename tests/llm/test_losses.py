@@ -12,7 +12,16 @@ from pmdlab import theory
 from pmdlab.llm import losses
 from pmdlab.llm.groups import Groups, advantages, grpo_advantages
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def _float64():
+    """These tests compare with float64 theory: float64 tensors by default, restored afterwards."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
 
 AGGS = losses.AGGREGATIONS
 

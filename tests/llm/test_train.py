@@ -1,0 +1,184 @@
+"""The training loop on a tiny model: learning signal, logging, resume, guards, bad input."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from pmdlab.llm import metrics_log
+from pmdlab.llm.algorithms import Algorithm
+from pmdlab.llm.losses import LossOutput
+from pmdlab.llm.policy import SamplingConfig
+from pmdlab.llm.train import NonFiniteError, TrainConfig, Trainer, main
+from pmdlab.llm.warmstart import WarmStartConfig
+
+from .lm_helpers import SMALL, save_tiny
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _shared_warm_start_cache(tmp_path_factory):
+    global CACHE
+    CACHE = str(tmp_path_factory.mktemp("warm-start-cache"))
+
+
+def small_config(tmp_path, **overrides) -> TrainConfig:
+    base = dict(
+        tiny=SMALL, warmstart=WarmStartConfig(steps=150, batch_size=32, lr=3e-3, cache_dir=CACHE),
+        terms=2, eval_size=4, eval_k=2, eval_every=2, steps=4, prompts=4, n=4, minibatches=2,
+        sampling=SamplingConfig(max_new_tokens=3), lr=1e-3, out=str(tmp_path / "run"), progress=False,
+        save_every=2,
+    )  # fmt: skip
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.policy.model.state_dict().items()}
+
+
+def test_a_step_changes_the_parameters_and_logs_every_panel(tmp_path):
+    trainer = Trainer(small_config(tmp_path))
+    before = weights(trainer)
+    records = trainer.run()
+    after = weights(trainer)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    logged = metrics_log.read([tmp_path / "run" / "metrics.jsonl"])
+    assert [r["step"] for r in logged] == [0, 1, 2, 3, 4]
+    assert len(records) == 5
+    for name, _ in metrics_log.PANELS:
+        assert any(name in r for r in logged), name
+    step = logged[1]
+    for key in ("loss/chi2_weight", "loss/target_mean", "loss/delta_mean", "loss/kl_k3", "train/grad_norm",
+                "perf/rollout_tokens_per_s", "perf/update_tokens_per_s", "loss/optimizer_steps"):  # fmt: skip
+        assert key in step, key
+    assert step["loss/optimizer_steps"] == 2
+    assert 0 <= step["train/reward"] <= 1 and step["train/response_length"] > 0
+    assert (tmp_path / "run" / "step-000004" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("staleness", [0, 1])
+def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, staleness, monkeypatch):
+    straight = Trainer(small_config(tmp_path / "a", staleness=staleness, steps=4))
+    straight.run()
+
+    killed = Trainer(small_config(tmp_path / "b", staleness=staleness, steps=4))
+    real_step = Trainer.train_step
+
+    def die_at_step_three(self):
+        if self.step == 2:
+            raise KeyboardInterrupt  # killed after the checkpoint of step 2
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", die_at_step_three)
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    resumed = Trainer(small_config(tmp_path / "b", staleness=staleness, steps=4, resume=True))
+    assert resumed.step == 2
+    resumed.run()
+
+    def strip(r):
+        return {k: v for k, v in r.items() if not k.startswith("perf/")}
+
+    a = [strip(r) for r in metrics_log.read([tmp_path / "a" / "run" / "metrics.jsonl"])]
+    b = [strip(r) for r in metrics_log.read([tmp_path / "b" / "run" / "metrics.jsonl"])]
+    assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
+    assert a == b
+    wa, wb = weights(straight), weights(resumed)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa, sb = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+
+
+def test_resume_drops_log_records_past_the_checkpoint(tmp_path):
+    trainer = Trainer(small_config(tmp_path, steps=4, save_every=2, eval_every=0))
+    trainer.run()
+    # Pretend the run was killed at step 3, after logging it but before its checkpoint.
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "step-000004")
+    resumed = Trainer(small_config(tmp_path, steps=4, save_every=2, eval_every=0, resume=True))
+    assert resumed.step == 2
+    resumed.run()
+    steps = [r["step"] for r in metrics_log.read([tmp_path / "run" / "metrics.jsonl"])]
+    assert steps == [1, 2, 3, 4]
+
+
+@dataclasses.dataclass(frozen=True)
+class PoisonedAlgorithm(Algorithm):
+    """PMD-mean whose loss is NaN: every update must be skipped."""
+
+    def loss(self, *args, **kwargs):
+        out = super().loss(*args, **kwargs)
+        return LossOutput(out.loss * float("nan"), out.metrics)
+
+
+def test_non_finite_losses_skip_updates_and_stop_the_run(tmp_path):
+    config = small_config(tmp_path, algorithm=PoisonedAlgorithm(name="pmd_mean", tau=1.0), max_nonfinite=3,
+                          steps=5, eval_every=0)  # fmt: skip
+    trainer = Trainer(config)
+    before = weights(trainer)
+    with pytest.raises(NonFiniteError, match="4 optimiser updates in a row"):
+        trainer.run()
+    assert trainer.step == 2  # two skipped updates per step: 4 >= 3 after the second
+    after = weights(trainer)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    logged = metrics_log.read([tmp_path / "run" / "metrics.jsonl"])
+    assert [r["loss/skipped_steps"] for r in logged] == [2, 2]
+
+
+def test_a_model_folder_loads_by_path(tmp_path):
+    path = save_tiny(tmp_path / "model")
+    trainer = Trainer(small_config(tmp_path, model=str(path), steps=1, eval_every=0))
+    assert trainer.policy.model.config.hidden_size == SMALL.hidden_size
+    trainer.run()
+
+
+def test_jsonl_data_trains_with_math_verify_rewards(tmp_path):
+    rows = [{"id": str(i), "problem": f"{i}+1", "answer": str(i + 1)} for i in range(8)]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = save_tiny(tmp_path / "model")
+    config = small_config(tmp_path, model=str(path), data=str(data), eval_data=str(data), template="{problem}=",
+                          steps=1, eval_every=1, eval_size=4)  # fmt: skip
+    records = Trainer(config).run()
+    assert records[-1]["eval/avg@k"] >= 0 and "train/reward" in records[-1]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"steps": 0}, "steps must be at least 1"),
+     ({"model": "/no/such/model"}, "not a folder"),
+     ({"eval_data": "math500"}, "eval_data applies to jsonl data"),
+     ({"minibatches": 9}, "minibatches"),
+     ({"dtype": "int8"}, "dtype"),
+     ({"reward_values": "ternary"}, "reward_values"),
+     ({"lr": -1.0}, "lr must be positive")],
+)  # fmt: skip
+def test_bad_settings_are_named(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        Trainer(small_config(tmp_path, **overrides))
+
+
+def test_resume_without_a_checkpoint_and_reusing_a_run_folder_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="no checkpoint"):
+        Trainer(small_config(tmp_path, resume=True))
+    Trainer(small_config(tmp_path, steps=1, eval_every=0)).run()
+    with pytest.raises(ValueError, match="already holds a run"):
+        Trainer(small_config(tmp_path, steps=1))
+
+
+def test_command_line_help_lists_every_setting(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        assert f"  {f.name}" in text, f.name
+    assert "algorithm.tau=" in text and "sampling.temperature=" in text
+
+
+def test_command_line_errors_name_the_setting(capsys):
+    assert main(["steps=zero"]) == 2
+    assert "steps" in capsys.readouterr().err
