@@ -5,7 +5,8 @@ each field under ``Attributes:``. :func:`parse` builds one from
 
 * ``--config FILE`` (JSON, or YAML when PyYAML is installed), then
 * ``key=value`` overrides, with dots into nested dataclasses
-  (``algorithm.tau=0.05``, ``task.prompts=512``),
+  (``algorithm.tau=0.05``, ``task.prompts=512``); a nested dataclass with a
+  ``name`` field takes a bare string as its name (``algorithm=grpo``),
 
 converting each value to the field's type (``none`` for optional fields)
 and failing with a message that names the field. ``--help`` prints every
@@ -105,11 +106,17 @@ def update(config, values: dict, prefix: str = ""):
             nested.setdefault(head, {})[rest] = value
         elif dataclasses.is_dataclass(hints[head]) and isinstance(value, dict):
             nested.setdefault(head, {}).update(value)
+        elif dataclasses.is_dataclass(hints[head]) and isinstance(value, str) and _has_name(hints[head]):
+            nested.setdefault(head, {})["name"] = value  # algorithm=grpo means algorithm.name=grpo
         else:
             direct[head] = _convert(value, hints[head], prefix + head)
     for head, sub in nested.items():
         direct[head] = update(getattr(config, head), sub, prefix=f"{prefix}{head}.")
     return dataclasses.replace(config, **direct)
+
+
+def _has_name(cls) -> bool:
+    return any(f.name == "name" for f in dataclasses.fields(cls))
 
 
 def _load(path: str) -> dict:

@@ -1,7 +1,7 @@
 """``python -m pmdlab.llm.train``: RL post-training of a causal LM with PMD-mean (or GRPO, GSPO, ...).
 
     python -m pmdlab.llm.train                                   # embedded task and tiny model, CPU
-    python -m pmdlab.llm.train algorithm.name=grpo               # the same budget with GRPO
+    python -m pmdlab.llm.train algorithm=grpo                    # the same budget with GRPO
     python -m pmdlab.llm.train model=/path/to/checkpoint data=/path/train.jsonl eval_data=math500
     python -m pmdlab.llm.train --resume out=runs/my-run          # continue from the last checkpoint
     python -m pmdlab.llm.train --help                            # every setting

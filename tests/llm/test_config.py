@@ -81,3 +81,12 @@ def test_bandit_command_compares_algorithms(tmp_path, capsys):
         success = runs[name][0]["success_mean"]
         assert len(success) == 13 and success[-1] > success[0] + 0.1
     assert main(["bandit.n=0"]) == 2
+
+
+def test_a_bare_string_names_a_nested_setting_with_a_name():
+    from pmdlab.llm.train import TrainConfig
+
+    cfg = parse(TrainConfig, ["algorithm=grpo", "algorithm.clip_high=0.28"])
+    assert cfg.algorithm.name == "grpo" and cfg.algorithm.clip_high == 0.28
+    with pytest.raises(ValueError, match="algorithm"):
+        parse(TrainConfig, ["algorithm=ppo"])
