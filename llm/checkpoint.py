@@ -4,8 +4,8 @@ A checkpoint is a folder ``step-000040/`` in the run's folder holding
 
 * ``model/``: the weights (``save_pretrained``, safetensors) and tokenizer;
 * ``trainer.pt``: optimiser and scheduler states, torch/numpy/Python
-  random states, the data position, the queue of not-yet-used rollouts
-  (with staleness), the step and the non-finite streak.
+  random states, the data position, the step and the non-finite streak;
+* ``rollouts-rank{r}.pt``: each rank's not-yet-used rollouts (staleness).
 
 It is written to a temporary folder and renamed into place, so a crash
 while saving leaves the previous checkpoint intact; only the newest
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["latest", "load", "rng_state", "save", "set_rng_state"]
+__all__ = ["begin", "commit", "latest", "load", "rng_state", "save", "set_rng_state"]
 
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -38,23 +38,41 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def save(run_dir: str | os.PathLike, step: int, model, tokenizer, state: dict, keep: int = 2) -> Path:
-    """Write ``step-{step}`` atomically; return its path. ``state`` goes to ``trainer.pt``."""
+def begin(run_dir: str | os.PathLike, step: int) -> Path:
+    """A fresh temporary folder for the checkpoint of ``step`` (one process creates it)."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    final = run_dir / f"step-{step:06d}"
     tmp = run_dir / f".tmp-step-{step:06d}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp / "model", safe_serialization=True)
+    tmp.mkdir()
+    return tmp
+
+
+def write_model(tmp: Path, model, tokenizer, state_dict=None) -> None:
+    """``save_pretrained`` (safetensors) of the model, or of a gathered ``state_dict``, and the tokenizer."""
+    model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=state_dict)
     tokenizer.save_pretrained(tmp / "model")
-    torch.save(state, tmp / "trainer.pt")
+
+
+def commit(run_dir: str | os.PathLike, tmp: Path, step: int, keep: int = 2) -> Path:
+    """Rename the finished temporary folder into place; keep only the newest ``keep``."""
+    run_dir = Path(run_dir)
+    final = run_dir / f"step-{step:06d}"
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     for old in _checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def save(run_dir: str | os.PathLike, step: int, model, tokenizer, state: dict, keep: int = 2) -> Path:
+    """Write ``step-{step}`` atomically from one process; ``state`` goes to ``trainer.pt``."""
+    tmp = begin(run_dir, step)
+    write_model(tmp, model, tokenizer)
+    torch.save(state, tmp / "trainer.pt")
+    return commit(run_dir, tmp, step, keep)
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:

@@ -101,7 +101,9 @@ class GenerateBackend:
     The sampler's log-probs are those of the processed scores (after the
     temperature and top-p warpers), so they are the log-probs of the
     distribution each token was actually drawn from. Sampling uses torch's
-    global random generator (seed it for reproducible rollouts).
+    global random generator (seed it for reproducible rollouts). Ranks generate
+    independently (``synced_gpus=False``): under FSDP2 the trainer holds the full
+    parameters while it samples (:func:`pmdlab.llm.distributed.gathered`).
     """
 
     def __init__(self, model, tokenizer, max_batch: int | None = None):
@@ -129,7 +131,7 @@ class GenerateBackend:
         try:
             out = self.model.generate(
                 input_ids=ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
-                output_scores=True, return_dict_in_generate=True,
+                output_scores=True, return_dict_in_generate=True, synced_gpus=False,
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **kwargs,
             )  # fmt: skip
         finally:

@@ -5,6 +5,7 @@
     python -m pmdlab.llm.train model=/path/to/checkpoint data=/path/train.jsonl eval_data=math500
     python -m pmdlab.llm.train --resume out=runs/my-run          # continue from the last checkpoint
     python -m pmdlab.llm.train --help                            # every setting
+    torchrun --nproc_per_node 8 -m pmdlab.llm.train model=/path ...   # data parallel (FSDP2 or DDP)
 
 Each step (pmd-math.md §5):
 
@@ -33,11 +34,11 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, metrics_log
+from . import checkpoint, distributed, metrics_log
 from .algorithms import Algorithm
 from .config import parse, to_dict
 from .evaluate import evaluate
-from .policy import LMPolicy, SamplingConfig
+from .policy import GenerateBackend, LMPolicy, SamplingConfig
 from .rollout import Rollout
 from .tasks import DEFAULT_TEMPLATE, ArithmeticTask, MathDataset, make_reward
 from .tiny import TinyModelConfig
@@ -63,7 +64,8 @@ class TrainConfig:
         warmstart: the embedded model's supervised warm start.
         trust_remote_code: let ``transformers`` run code shipped with the model.
         dtype: ``auto`` (bfloat16 on a GPU, float32 on a CPU), ``float32``, ``bfloat16`` or ``float16``.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun: ``auto`` or ``cpu``).
+        parallel: under torchrun, ``auto`` (FSDP2 on GPUs, DDP on CPUs), ``fsdp`` or ``ddp``.
         gradient_checkpointing: recompute activations in the backward pass (less memory).
         chat_template: wrap each prompt as a user turn with the tokenizer's chat template.
         data: ``arithmetic`` (the embedded task) or a jsonl file of {"id", "problem", "answer"} rows.
@@ -110,6 +112,7 @@ class TrainConfig:
     trust_remote_code: bool = False
     dtype: str = "auto"
     device: str = "auto"
+    parallel: str = "auto"
     gradient_checkpointing: bool = False
     chat_template: bool = False
     data: str = "arithmetic"
@@ -162,6 +165,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
+        if self.parallel not in ("auto", "fsdp", "ddp"):
+            raise ValueError(f"parallel must be auto, fsdp or ddp, got {self.parallel!r}")
         if self.dtype != "auto" and self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be auto or one of {tuple(_DTYPES)}, got {self.dtype!r}")
         if self.model != "tiny" and not Path(self.model).is_dir():
@@ -189,28 +194,20 @@ def make_task(config: TrainConfig):
                        eval_size=config.eval_size, seed=config.seed)  # fmt: skip
 
 
-def resolve_device(config: TrainConfig) -> tuple[torch.device, torch.dtype]:
-    if config.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(config.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {config.device} asked for, but CUDA is not available")
+def resolve_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
     if config.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    else:
-        dtype = _DTYPES[config.dtype]
-    return device, dtype
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[config.dtype]
 
 
-def load_model(path: str | Path, config: TrainConfig):
+def load_model(path: str | Path, config: TrainConfig, device: torch.device):
     """Model and tokenizer from a local folder (no download: ``local_files_only``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
-    device, dtype = resolve_device(config)
+    dtype = resolve_dtype(config, device)
     kwargs = dict(local_files_only=True, trust_remote_code=config.trust_remote_code)
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device)
@@ -238,6 +235,13 @@ class Trainer:
         self.config = config
         if config.threads:
             torch.set_num_threads(config.threads)
+        self.ctx = distributed.setup(config.device)
+        if config.prompts % self.ctx.world_size:
+            raise ValueError(f"prompts ({config.prompts}) must be a multiple of the number of ranks "
+                             f"({self.ctx.world_size})")  # fmt: skip
+        if config.minibatches > config.prompts // self.ctx.world_size:
+            raise ValueError(f"minibatches ({config.minibatches}) cannot exceed the prompts per rank "
+                             f"({config.prompts // self.ctx.world_size})")  # fmt: skip
         self.task = make_task(config)
         self.reward = make_reward(config.reward_values)
         self.run_dir = config.run_dir
@@ -253,13 +257,17 @@ class Trainer:
         elif config.model == "tiny":
             if not isinstance(self.task, ArithmeticTask):
                 raise ValueError("the embedded tiny model only knows the arithmetic task; give model=/path")
-            model_path = warm_start(config.tiny, self.task, config.warmstart, progress=config.progress)
+            with distributed.main_first(self.ctx):  # rank 0 trains and caches it, the others read it
+                model_path = warm_start(config.tiny, self.task, config.warmstart,
+                                        progress=config.progress and self.ctx.main)  # fmt: skip
         else:
             model_path = Path(config.model)
-        model, tokenizer = load_model(model_path, config)
-        self.policy = LMPolicy(model, tokenizer, config.sampling, token_budget=config.token_budget,
-                               chat_template=config.chat_template)  # fmt: skip
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        model, tokenizer = load_model(model_path, config, self.ctx.device)
+        self.model = distributed.wrap(model, self.ctx, config.parallel)
+        self.policy = LMPolicy(self.model, tokenizer, config.sampling, token_budget=config.token_budget,
+                               chat_template=config.chat_template,
+                               backend=GenerateBackend(distributed.unwrap(self.model), tokenizer))  # fmt: skip
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         warm = config.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
@@ -273,21 +281,23 @@ class Trainer:
         self._writers = None
         if resume_from is not None:
             self._restore(resume_from)
+        distributed.barrier(self.ctx)  # every rank has checked the run folder before rank 0 writes to it
 
     # -- rollouts ------------------------------------------------------------
 
     def _generate(self, version: int) -> dict:
         """One scored rollout batch from the current policy, with its ``pi_old`` log-probs."""
         cfg = self.config
-        problems = self.task.train_batch(cfg.prompts)
-        torch.manual_seed(_seed(cfg.seed, version, 1))
+        problems = distributed.shard(self.task.train_batch(cfg.prompts), self.ctx)  # every rank draws all
+        torch.manual_seed(_seed(cfg.seed, version, 1, self.ctx.rank))
         start = time.perf_counter()
         self.policy.model.eval()
-        rollout = self.policy.sample([p.prompt for p in problems], cfg.n)
+        with distributed.gathered(self.model):
+            rollout = self.policy.sample([p.prompt for p in problems], cfg.n)
+            old, entropy = self.policy.log_probs_and_entropy(rollout)
         texts = self.policy.decode(rollout)
         rewards = [self.reward(self.task.is_correct(t, problems[i // cfg.n])) for i, t in enumerate(texts)]
         rollout.rewards = torch.tensor(rewards, dtype=torch.float32, device=rollout.tokens.device)
-        old, entropy = self.policy.log_probs_and_entropy(rollout)
         self.policy.model.train()
         elapsed = time.perf_counter() - start
         tokens = float(rollout.mask.sum())
@@ -303,6 +313,7 @@ class Trainer:
             "perf/rollout_tokens_per_s": tokens / elapsed,
             "train/sampler_version": float(version),
         }
+        stats = distributed.mean_over_ranks(stats, self.ctx)
         return {"rollout": rollout, "old": old, "stats": stats}
 
     def _next_batch(self) -> dict:
@@ -326,9 +337,11 @@ class Trainer:
         metrics = policy_update(
             self.policy.log_probs, self.optimizer, rollout, cfg.algorithm,
             num_minibatches=cfg.minibatches, epochs=cfg.epochs, generator=generator,
-            old_logprobs=batch["old"], micro_batches=self.policy.micro_batches,
+            old_logprobs=batch["old"], micro_batches=self._micro_batches,
             parameters=list(self.policy.parameters()), max_grad_norm=cfg.max_grad_norm,
+            **self._parallel_update_options(),
         )  # fmt: skip
+        metrics = distributed.mean_over_ranks(metrics, self.ctx)
         elapsed = time.perf_counter() - start
         if metrics["optimizer_steps"] > 0:  # the schedule counts steps that updated the weights
             self.scheduler.step()
@@ -348,11 +361,25 @@ class Trainer:
         record["train/nonfinite_streak"] = float(self.nonfinite_streak)
         return record
 
+    def _micro_batches(self, rollout: Rollout) -> list[torch.Tensor]:
+        return distributed.same_count_batches(self.policy.micro_batches(rollout), self.ctx)
+
+    def _parallel_update_options(self) -> dict:
+        if not self.ctx.distributed:
+            return {}
+        return {"all_reduce": distributed.all_reduce_sum, "loss_scale": float(self.ctx.world_size),
+                "no_sync": distributed.no_sync(self.model)}  # fmt: skip
+
     def evaluate(self) -> dict:
+        """Held-out metrics (computed on rank 0; the other ranks wait)."""
         cfg = self.config
         start = time.perf_counter()
-        out = evaluate(self.policy, self.task, self.eval_problems, cfg.eval_k, greedy=cfg.eval_greedy,
-                       seed=_seed(cfg.seed, 3))  # fmt: skip
+        out = {}
+        with distributed.gathered(self.model):
+            if self.ctx.main:
+                out = evaluate(self.policy, self.task, self.eval_problems, cfg.eval_k, greedy=cfg.eval_greedy,
+                               seed=_seed(cfg.seed, 3))  # fmt: skip
+            distributed.barrier(self.ctx)
         self.policy.model.train()
         out["perf/eval_s"] = time.perf_counter() - start
         return out
@@ -360,6 +387,8 @@ class Trainer:
     # -- logging and checkpoints --------------------------------------------------
 
     def _log(self, record: dict) -> None:
+        if not self.ctx.main:
+            return
         full = {"run": self.run_name, "algorithm": self.config.algorithm.name, "step": self.step, **record}
         metrics_log.append(self.log_path, full)
         if self._writers is None:
@@ -382,35 +411,54 @@ class Trainer:
         return writers
 
     def save(self) -> Path:
-        state = {
-            "step": self.step,
-            "nonfinite_streak": self.nonfinite_streak,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": checkpoint.rng_state(),
-            "task": self.task.state(),
-            "queue": [{"rollout": _rollout_to_dict(b["rollout"]), "old": b["old"], "stats": b["stats"]}
-                      for b in self.queue],  # fmt: skip
-            "config": to_dict(self.config),
-        }
-        return checkpoint.save(self.run_dir, self.step, self.policy.model, self.policy.tokenizer, state,
-                               keep=self.config.keep_checkpoints)  # fmt: skip
+        """An atomic checkpoint: the full weights and trainer state from rank 0, each rank's rollouts."""
+        ctx = self.ctx
+        full_weights = distributed.full_state_dict(self.model)  # a collective under FSDP2
+        optimizer_state = distributed.full_optimizer_state(self.model, self.optimizer)
+        tmp = self.run_dir / f".tmp-step-{self.step:06d}"
+        if ctx.main:
+            tmp = checkpoint.begin(self.run_dir, self.step)
+            checkpoint.write_model(tmp, distributed.unwrap(self.model), self.policy.tokenizer, full_weights)
+            state = {
+                "step": self.step,
+                "nonfinite_streak": self.nonfinite_streak,
+                "optimizer": optimizer_state,
+                "scheduler": self.scheduler.state_dict(),
+                "rng": checkpoint.rng_state(),
+                "task": self.task.state(),
+                "world_size": ctx.world_size,
+                "config": to_dict(self.config),
+            }
+            torch.save(state, tmp / "trainer.pt")
+        distributed.barrier(ctx)
+        queue = [{"rollout": _rollout_to_dict(b["rollout"]), "old": b["old"], "stats": b["stats"]} for b in self.queue]
+        torch.save(queue, tmp / f"rollouts-rank{ctx.rank}.pt")
+        distributed.barrier(ctx)
+        final = self.run_dir / f"step-{self.step:06d}"
+        if ctx.main:
+            final = checkpoint.commit(self.run_dir, tmp, self.step, keep=self.config.keep_checkpoints)
+        distributed.barrier(ctx)
+        return final
 
     def _restore(self, path: Path) -> None:
         state = checkpoint.load(path)
+        if state.get("world_size", 1) != self.ctx.world_size:
+            raise ValueError(f"{path} was written by {state.get('world_size', 1)} ranks; resume with as many "
+                             f"(this run has {self.ctx.world_size})")  # fmt: skip
         self.step = state["step"]
         self.nonfinite_streak = state["nonfinite_streak"]
-        self.optimizer.load_state_dict(state["optimizer"])
+        distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         self.task.set_state(state["task"])
-        device = self.policy.device
+        device = self.ctx.device
+        queue = torch.load(path / f"rollouts-rank{self.ctx.rank}.pt", weights_only=False)
         self.queue = deque(
             {"rollout": _rollout_from_dict(b["rollout"], device), "old": b["old"].to(device), "stats": b["stats"]}
-            for b in state["queue"]
+            for b in queue
         )
         # Records past the checkpoint were produced by steps that are about to be redone.
-        if self.log_path.exists():
+        if self.ctx.main and self.log_path.exists():
             lines = self.log_path.read_text().splitlines(keepends=True)
             kept = [ln for ln in lines if ln.strip() and _step_of(ln) <= self.step]
             tmp = self.log_path.with_suffix(".jsonl.tmp")
@@ -425,7 +473,7 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         records = []
         bar = None
-        if cfg.progress:
+        if cfg.progress and self.ctx.main:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc=self.run_name, dynamic_ncols=True)

@@ -13,10 +13,19 @@ One rollout batch from ``pi_old`` feeds ``m`` optimiser steps (pmd-math.md §5):
 
 A non-finite loss or gradient norm skips that optimiser step and is counted
 (``skipped_steps``); the caller decides when too many in a row stop a run.
+
+**Data parallel.** Each rank passes its shard of the batch (whole groups)
+and ``all_reduce`` (a sum over ranks, :func:`pmdlab.llm.distributed.all_reduce_sum`).
+The minibatch normaliser and the loss are then global sums, each rank's
+loss is its share of the global loss, and with gradients summed over ranks
+(``loss_scale = world size`` undoes DDP's and FSDP's averaging) every rank
+takes the step one process would take on the whole batch. Every rank
+reaches the same skip decision because it is made on reduced values.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 
 import torch
@@ -79,6 +88,9 @@ def policy_update(
     parameters: Sequence[torch.Tensor] | None = None,
     max_grad_norm: float | None = None,
     group_diagnostics: bool = True,
+    all_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    loss_scale: float = 1.0,
+    no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> dict[str, float]:
     """Run the ``epochs x m`` optimiser steps of one rollout batch; return averaged metrics.
 
@@ -90,6 +102,9 @@ def policy_update(
     minibatches of the loss's diagnostics, plus ``loss``, ``grad_norm`` (when
     clipping), ``skipped_steps``, ``optimizer_steps`` and
     ``trailing_skipped_steps`` (the skipped steps since the last one taken).
+    Data parallel (see the module docstring): ``all_reduce`` sums a tensor
+    over ranks, ``loss_scale`` multiplies each backward pass, ``no_sync()``
+    (e.g. DDP's) wraps every micro-batch's backward but the last.
     """
     if rollout.rewards is None:
         raise ValueError("the rollout has no rewards: score it before the update")
@@ -115,10 +130,12 @@ def policy_update(
         sub = rollout.select(index)
         w = None if weights is None else weights[index]
         normalizer = algorithm.normalizer(sub.mask, w)
+        if all_reduce is not None:
+            normalizer = all_reduce(normalizer.detach().clone())
         optimizer.zero_grad(set_to_none=True)
         parts = [slice(None)] if micro_batches is None else micro_batches(sub)
         total = 0.0
-        for part in parts:
+        for number, part in enumerate(parts):
             micro = sub if micro_batches is None else sub.select(part)
             groups_mb = Groups.from_ids(micro.group_ids) if group_diagnostics else None
             out = algorithm.loss(
@@ -127,11 +144,15 @@ def policy_update(
                 weights=None if w is None else w[part], normalizer=normalizer,
                 sampler_logprobs=micro.sampler_logprobs if pass_sampler else None,
             )  # fmt: skip
-            out.loss.backward()
+            quiet = no_sync is not None and number < len(parts) - 1
+            with no_sync() if quiet else contextlib.nullcontext():
+                (out.loss * loss_scale if loss_scale != 1.0 else out.loss).backward()
             total = total + out.loss.detach()
             share = len(micro) / len(sub)
             for k, v in out.metrics.items():
                 history.setdefault(k, []).append(v.detach() * share if micro_batches is not None else v.detach())
+        if all_reduce is not None:
+            total = all_reduce(torch.as_tensor(total, dtype=torch.float64, device=normalizer.device).clone())
         ok = bool(torch.isfinite(total))
         if ok and max_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)

@@ -1,0 +1,231 @@
+"""Data-parallel training with PyTorch's own machinery: ``torchrun``, DDP or FSDP2.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) :func:`setup` joins the process group
+(NCCL on GPUs, gloo on CPUs) and gives each rank its device. The trainer
+then
+
+* splits every rollout batch by prompt: rank ``r`` of ``W`` takes the
+  groups ``r, r + W, ...`` of the batch all ranks agree on (:func:`shard`);
+* wraps the model with FSDP2 (``fully_shard`` on each decoder layer and the
+  whole model) or DDP (:func:`wrap`);
+* sums the loss normaliser and the loss over ranks and scales each
+  backward pass by ``W`` (:func:`pmdlab.llm.update.policy_update`), so the
+  update equals one process's on the whole batch;
+* averages logged metrics over ranks (:func:`mean_over_ranks`), and gathers
+  a full state dict on rank 0 for ``save_pretrained`` checkpoints
+  (:func:`full_state_dict`).
+
+With one process every function here is the identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "Context", "all_reduce_sum", "barrier", "full_optimizer_state", "full_state_dict", "gathered",
+    "load_optimizer_state", "main_first", "mean_over_ranks", "no_sync", "setup", "shard", "unwrap", "wrap",
+]
+
+
+@dataclass(frozen=True)
+class Context:
+    """This process's place: ``rank`` of ``world_size``, its ``device``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str = "auto") -> Context:
+    """Join the ``torchrun`` process group if there is one; pick this rank's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and device != "cpu"
+    if device not in ("auto", "cpu") and device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for, but CUDA is not available")
+    if world > 1:
+        chosen = torch.device("cuda", local) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(chosen)
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if cuda else "gloo")
+        return Context(rank, world, local, chosen)
+    if device == "auto":
+        chosen = torch.device("cuda" if cuda else "cpu")
+    else:
+        chosen = torch.device(device)
+    return Context(0, 1, 0, chosen)
+
+
+def shard(items: list, ctx: Context) -> list:
+    """This rank's share of a list of prompts: every ``world_size``-th, from ``rank``."""
+    if len(items) < ctx.world_size:
+        raise ValueError(f"{len(items)} prompts cannot be split over {ctx.world_size} ranks")
+    return items[ctx.rank :: ctx.world_size]
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """``sum over ranks of x`` (in place, returned); the identity with one process."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def mean_over_ranks(metrics: dict[str, float], ctx: Context) -> dict[str, float]:
+    """Each metric averaged over ranks (one all-reduce for the whole dict)."""
+    if not ctx.distributed or not metrics:
+        return metrics
+    keys = sorted(metrics)
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=ctx.device)
+    all_reduce_sum(values)
+    return dict(zip(keys, (values / ctx.world_size).tolist()))
+
+
+def wrap(model: torch.nn.Module, ctx: Context, strategy: str = "auto") -> torch.nn.Module:
+    """FSDP2 (``fsdp``), DDP (``ddp``), or ``auto``: FSDP2 on GPUs where available, else DDP."""
+    if strategy not in ("auto", "fsdp", "ddp"):
+        raise ValueError(f"parallel must be auto, fsdp or ddp, got {strategy!r}")
+    if not ctx.distributed:
+        return model
+    fully_shard = _fully_shard()
+    if strategy == "fsdp" and fully_shard is None:
+        raise ValueError("parallel=fsdp needs torch.distributed.fsdp.fully_shard (PyTorch >= 2.6)")
+    if strategy == "fsdp" or (strategy == "auto" and fully_shard is not None and ctx.device.type == "cuda"):
+        for layer in _decoder_layers(model):
+            fully_shard(layer)
+        fully_shard(model)
+        return model
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def _fully_shard():
+    try:
+        from torch.distributed.fsdp import fully_shard
+    except ImportError:
+        return None
+    return fully_shard
+
+
+def _decoder_layers(model) -> list[torch.nn.Module]:
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    return list(layers) if layers is not None else []
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside a DDP wrapper (FSDP2 shards in place: the model itself)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def no_sync(model: torch.nn.Module):
+    """DDP's ``no_sync`` for gradient accumulation (``None`` where there is none)."""
+    return model.no_sync if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None
+
+
+def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The full (unsharded) state dict on CPU for ``save_pretrained``; every rank must call it."""
+    inner = unwrap(model)
+    if _is_fsdp(inner):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return None  # the module's own state dict is already full
+
+
+def _is_fsdp(model) -> bool:
+    return any(type(m).__name__.startswith("FSDP") for m in model.modules())
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.distributed:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first(ctx: Context):
+    """Rank 0 runs the block first (e.g. a cached warm start), the others after it."""
+    if not ctx.main:
+        barrier(ctx)
+    yield
+    if ctx.main:
+        barrier(ctx)
+
+
+def _fsdp_modules(model) -> list:
+    return [m for m in unwrap(model).modules() if type(m).__name__.startswith("FSDP")]
+
+
+@contextlib.contextmanager
+def gathered(model: torch.nn.Module):
+    """Under FSDP2, hold the full parameters on every rank for the block (rollouts and
+    evaluation run forward passes a different number of times on each rank, so they must not
+    all-gather); elsewhere nothing."""
+    modules = _fsdp_modules(model)
+    if not modules:
+        yield
+        return
+    for m in modules:
+        m.set_reshard_after_forward(False, recurse=False)
+    for m in modules:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in modules:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
+
+
+def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimiser state to checkpoint: gathered in full under FSDP2 (a collective)."""
+    if _fsdp_modules(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
+                                                                                   cpu_offload=True))  # fmt: skip
+    return optimizer.state_dict()
+
+
+def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    if _fsdp_modules(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
+                                 options=StateDictOptions(full_state_dict=True))  # fmt: skip
+        return
+    optimizer.load_state_dict(state)
+
+
+def same_count_batches(parts: list[torch.Tensor], ctx: Context) -> list[torch.Tensor]:
+    """Re-split a rank's micro-batches so that every rank has as many as the rank with the most.
+
+    FSDP2 runs collectives in every forward and backward pass, so all ranks must run the
+    same number of them; DDP needs it for ``no_sync``'s single synchronised backward too.
+    """
+    if not ctx.distributed:
+        return parts
+    count = torch.tensor([len(parts)], device=ctx.device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    wanted = int(count)
+    if wanted == len(parts):
+        return parts
+    rows = torch.cat(parts)
+    if rows.numel() < wanted:
+        raise ValueError(f"rank {ctx.rank} has {rows.numel()} responses for {wanted} micro-batches")
+    return list(torch.tensor_split(rows, wanted))

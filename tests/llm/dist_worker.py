@@ -1,0 +1,142 @@
+"""Run under ``torchrun --nproc_per_node 2``: data-parallel update against one process.
+
+    torchrun --standalone --nproc_per_node 2 tests/llm/dist_worker.py update OUT.json [ddp|fsdp]
+    torchrun --standalone --nproc_per_node 2 tests/llm/dist_worker.py trainer OUT.json RUN_DIR CACHE
+
+``update``: every rank builds the same tiny model and the same global
+rollout batch; rank 0 also runs the single-process update on a copy of
+the model over the whole batch. The ranks then update their shards
+(whole groups) through the wrapped model. Rank 0 writes the largest
+differences of the loss, the gradients and the updated weights.
+``trainer``: two training steps of ``pmdlab.llm.train`` under torchrun;
+each rank writes a digest of its weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import sys
+
+import torch
+import torch.distributed as dist
+
+from pmdlab.llm import Algorithm, distributed
+from pmdlab.llm.policy import LMPolicy, SamplingConfig
+from pmdlab.llm.update import policy_update
+from pmdlab.llm.tiny import TinyModelConfig, build_model, build_tokenizer
+
+
+class RecordingSGD(torch.optim.SGD):
+    """SGD that keeps a copy of the gradients it stepped with."""
+
+    def step(self, closure=None):
+        self.grads = [p.grad.detach().clone().to_local() if hasattr(p.grad, "to_local") else p.grad.detach().clone()
+                      for group in self.param_groups for p in group["params"]]  # fmt: skip
+        return super().step(closure)
+
+
+def full(t):
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def update(out_path: str, strategy: str) -> None:
+    ctx = distributed.setup("cpu")
+    torch.set_num_threads(1)
+    tokenizer = build_tokenizer()
+    cfg = TinyModelConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64, max_positions=32, seed=0)
+    model = build_model(cfg, tokenizer).double()
+    policy = LMPolicy(model, tokenizer, SamplingConfig(max_new_tokens=4))
+    torch.manual_seed(0)
+    prompts = ["1+2+3+4=", "9+9=", "5+0+7=", "8+1=", "2+2+2=", "7+3+1="]
+    batch = policy.sample(prompts, 4)
+    batch.rewards = (torch.rand(len(batch), generator=torch.Generator().manual_seed(1)) < 0.5).double()
+    batch.rewards[:4] = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    algorithm = Algorithm("pmd_mean", tau=0.5)
+    with torch.no_grad():
+        old = policy.log_probs(batch)
+
+    reference = {}
+    if ctx.main:
+        ref_model = copy.deepcopy(model)
+        ref_policy = LMPolicy(ref_model, tokenizer, SamplingConfig(max_new_tokens=4))
+        opt = RecordingSGD(ref_model.parameters(), lr=0.5)
+        m = policy_update(ref_policy.log_probs, opt, batch, algorithm, old_logprobs=old)
+        reference = {"loss": m["loss"], "grads": opt.grads, "weights": [p.detach().clone() for p in ref_model.parameters()]}
+
+    wrapped = distributed.wrap(model, ctx, strategy)
+    mine = torch.isin(batch.group_ids, torch.arange(ctx.rank, len(prompts), ctx.world_size))
+    index = torch.nonzero(mine).squeeze(1)
+    shard = batch.select(index)
+    shard.group_ids = torch.unique(shard.group_ids, return_inverse=True)[1]
+    shard_policy = LMPolicy(wrapped, tokenizer, SamplingConfig(max_new_tokens=4), token_budget=20)
+    opt = RecordingSGD(wrapped.parameters(), lr=0.5)
+    m = policy_update(shard_policy.log_probs, opt, shard, algorithm, old_logprobs=old[index],
+                      micro_batches=shard_policy.micro_batches, all_reduce=distributed.all_reduce_sum,
+                      loss_scale=float(ctx.world_size), no_sync=distributed.no_sync(wrapped))  # fmt: skip
+    grads = [full(p.grad) if p.grad is not None else None for p in wrapped.parameters()]
+    weights = [full(p.detach()) for p in wrapped.parameters()]
+    if ctx.main:
+        result = {
+            "world_size": ctx.world_size,
+            "micro_batches": len(shard_policy.micro_batches(shard)),
+            "loss": m["loss"], "reference_loss": reference["loss"],
+            "grad_diff": max(float((g - r).abs().max()) for g, r in zip(grads, reference["grads"])),
+            "grad_scale": max(float(r.abs().max()) for r in reference["grads"]),
+            "weight_diff": max(float((w - r).abs().max()) for w, r in zip(weights, reference["weights"])),
+            "moved": max(float((w - p).abs().max()) for w, p in zip(reference["weights"], model_weights_before)),
+        }
+        with open(out_path, "w") as f:
+            json.dump(result, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def trainer(out_path: str, run_dir: str, cache: str, strategy: str) -> None:
+    from pmdlab.llm.train import TrainConfig, Trainer
+    from pmdlab.llm.warmstart import WarmStartConfig
+
+    torch.set_num_threads(1)
+    config = TrainConfig(
+        tiny=TinyModelConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, max_positions=32),
+        warmstart=WarmStartConfig(steps=100, batch_size=32, cache_dir=cache), terms=2, eval_size=4, eval_k=2,
+        eval_every=2, steps=2, prompts=4, n=4, minibatches=2, sampling=SamplingConfig(max_new_tokens=3),
+        out=run_dir, progress=False, save_every=1, parallel=strategy, token_budget=24,
+    )  # fmt: skip
+    t = Trainer(config)
+    records = t.run()
+    state = distributed.full_state_dict(t.model)  # every rank takes part under FSDP2; rank 0 gets it
+    if state is None:
+        state = distributed.unwrap(t.model).state_dict()
+    result = {"records": len(records), "step": t.step, "rank": t.ctx.rank}
+    if state:
+        digest = hashlib.sha256()
+        for key in sorted(state):
+            digest.update(state[key].detach().double().contiguous().numpy().tobytes())
+        result["digest"] = digest.hexdigest()
+    if t.ctx.main:
+        from transformers import AutoModelForCausalLM
+
+        saved = AutoModelForCausalLM.from_pretrained(f"{run_dir}/step-{t.step:06d}/model").state_dict()
+        result["checkpoint_diff"] = max(float((saved[k] - state[k]).abs().max()) for k in saved)
+    with open(f"{out_path}.rank{t.ctx.rank}", "w") as f:
+        json.dump(result, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    import faulthandler, signal
+
+    faulthandler.register(signal.SIGUSR1)
+    if sys.argv[1] == "update":
+        model_weights_before = None
+        # The weights before the step (same on every rank: the model is seeded).
+        _tok = build_tokenizer()
+        model_weights_before = [p.detach().double().clone() for p in build_model(
+            TinyModelConfig(hidden_size=32, layers=2, heads=2, intermediate_size=64, max_positions=32, seed=0), _tok
+        ).parameters()]  # fmt: skip
+        update(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "ddp")
+    else:
+        trainer(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else "ddp")
