@@ -68,6 +68,9 @@ class TrainConfig:
         parallel: under torchrun, ``auto`` (FSDP2 on GPUs, DDP on CPUs), ``fsdp`` or ``ddp``.
         gradient_checkpointing: recompute activations in the backward pass (less memory).
         chat_template: wrap each prompt as a user turn with the tokenizer's chat template.
+        rollout_backend: ``transformers`` (``model.generate``) or ``vllm`` (a colocated vLLM engine; the vllm extra).
+        vllm_memory: the vLLM engine's share of GPU memory.
+        vllm_max_model_len: longest prompt plus response the vLLM engine accepts.
         data: ``arithmetic`` (the embedded task) or a jsonl file of {"id", "problem", "answer"} rows.
         eval_data: held-out jsonl file or bundled set (aime2024, aime2025, math500); arithmetic holds out its own.
         template: prompt template for jsonl problems ({problem} is replaced).
@@ -115,6 +118,9 @@ class TrainConfig:
     parallel: str = "auto"
     gradient_checkpointing: bool = False
     chat_template: bool = False
+    rollout_backend: str = "transformers"
+    vllm_memory: float = 0.4
+    vllm_max_model_len: int = 4096
     data: str = "arithmetic"
     eval_data: str | None = None
     template: str = DEFAULT_TEMPLATE
@@ -165,6 +171,10 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
+        if self.rollout_backend not in ("transformers", "vllm"):
+            raise ValueError(f"rollout_backend must be transformers or vllm, got {self.rollout_backend!r}")
+        if self.rollout_backend == "vllm" and self.parallel == "fsdp":
+            raise ValueError("rollout_backend=vllm runs one engine per rank: use parallel=ddp")
         if self.parallel not in ("auto", "fsdp", "ddp"):
             raise ValueError(f"parallel must be auto, fsdp or ddp, got {self.parallel!r}")
         if self.dtype != "auto" and self.dtype not in _DTYPES:
@@ -263,10 +273,20 @@ class Trainer:
         else:
             model_path = Path(config.model)
         model, tokenizer = load_model(model_path, config, self.ctx.device)
-        self.model = distributed.wrap(model, self.ctx, config.parallel)
+        parallel = "ddp" if config.rollout_backend == "vllm" else config.parallel
+        self.model = distributed.wrap(model, self.ctx, parallel)
+        if config.rollout_backend == "vllm":
+            from .vllm_backend import VLLMBackend
+
+            dtype = str(resolve_dtype(config, self.ctx.device)).removeprefix("torch.")
+            backend = VLLMBackend(model_path, tokenizer, dtype=dtype, max_model_len=config.vllm_max_model_len,
+                                  gpu_memory_utilization=config.vllm_memory, seed=config.seed,
+                                  trust_remote_code=config.trust_remote_code)  # fmt: skip
+        else:
+            backend = GenerateBackend(distributed.unwrap(self.model), tokenizer)
+        self.backend = backend
         self.policy = LMPolicy(self.model, tokenizer, config.sampling, token_budget=config.token_budget,
-                               chat_template=config.chat_template,
-                               backend=GenerateBackend(distributed.unwrap(self.model), tokenizer))  # fmt: skip
+                               chat_template=config.chat_template, backend=backend)  # fmt: skip
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         warm = config.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -332,6 +352,8 @@ class Trainer:
         cfg = self.config
         batch = self._next_batch()
         rollout = batch["rollout"]
+        if hasattr(self.backend, "sleep"):
+            self.backend.sleep()  # a colocated engine frees its GPU memory for the update
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(_seed(cfg.seed, self.step, 2))
         metrics = policy_update(
@@ -342,6 +364,8 @@ class Trainer:
             **self._parallel_update_options(),
         )  # fmt: skip
         metrics = distributed.mean_over_ranks(metrics, self.ctx)
+        if hasattr(self.backend, "update_weights"):
+            self.backend.update_weights(distributed.unwrap(self.model))
         elapsed = time.perf_counter() - start
         if metrics["optimizer_steps"] > 0:  # the schedule counts steps that updated the weights
             self.scheduler.step()
