@@ -5,6 +5,7 @@ register them in verl itself where verl is installed.
 """
 
 import math
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -115,9 +116,16 @@ def test_estimators_need_the_prompt_ids():
 # ------------------------------------------------------------------ inside verl, where it is installed
 
 
+def _verl_or_skip(reason="verl is not installed"):
+    if os.environ.get("PMDLAB_REQUIRE_VERL"):  # CI's verl environment: a missing verl is a failure
+        import verl.trainer.ppo.core_algos as core_algos
+
+        return core_algos
+    return pytest.importorskip("verl.trainer.ppo.core_algos", reason=reason)
+
+
 def test_verl_finds_the_registered_losses_by_name():
-    core_algos = pytest.importorskip("verl.trainer.ppo.core_algos", reason="verl is not installed (it pins "
-                                     "transformers<5.11; see README, scaling up)")  # fmt: skip
+    core_algos = _verl_or_skip("verl is not installed (it pins transformers<5.11; see README, scaling up)")
     pv.register()
     old, new, seq_adv, mask = batch()
     fn = core_algos.get_policy_loss_fn("pmd_mean")
@@ -128,10 +136,21 @@ def test_verl_finds_the_registered_losses_by_name():
     assert core_algos.get_adv_estimator_fn("pmd_loo_partition") is not None
 
 
+def test_import_verl_alone_registers_the_losses_through_the_plugin_entry_point():
+    _verl_or_skip()
+    import subprocess
+    import sys
+
+    code = ("import verl\nfrom verl.trainer.ppo import core_algos as c\n"
+            "print('pmd_mean' in c.POLICY_LOSS_REGISTRY, 'pmd_loo_partition' in c.ADV_ESTIMATOR_REGISTRY)")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["True", "True"], done.stderr[-2000:]
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_normalisation_agrees_with_verls_own_agg_loss(mode):
     """verl's ``agg_loss`` of the per-sequence PMD loss spread over its tokens, with the same global info."""
-    core_algos = pytest.importorskip("verl.trainer.ppo.core_algos", reason="verl is not installed")
+    core_algos = _verl_or_skip()
     old, new, seq_adv, mask = batch()
     info = {"dp_size": 2, "global_batch_size": 30, "batch_num_tokens": 90, "loss_scale_factor": None}
     got, _ = pv.policy_loss("pmd_mean")(old, new, seq_adv[:, None] * mask, mask, mode,
