@@ -1,7 +1,7 @@
 """Run under ``torchrun --nproc_per_node 2``: data-parallel update against one process.
 
     torchrun --standalone --nproc_per_node 2 tests/llm/dist_worker.py update OUT.json [ddp|fsdp]
-    torchrun --standalone --nproc_per_node 2 tests/llm/dist_worker.py trainer OUT.json RUN_DIR CACHE
+    torchrun --standalone --nproc_per_node 2 tests/llm/dist_worker.py trainer OUT.json RUN_DIR CACHE ddp|fsdp [straight|killed|resume]
 
 ``update``: every rank builds the same tiny model and the same global
 rollout batch; rank 0 also runs the single-process update on a copy of
@@ -93,7 +93,10 @@ def update(out_path: str, strategy: str) -> None:
     dist.destroy_process_group()
 
 
-def trainer(out_path: str, run_dir: str, cache: str, strategy: str) -> None:
+def trainer(out_path: str, run_dir: str, cache: str, strategy: str, mode: str = "straight") -> None:
+    """``straight``: 2 steps; ``killed``: dies after the checkpoint of step 1; ``resume``: finishes it."""
+    import dataclasses
+
     from pmdlab.llm.train import TrainConfig, Trainer
     from pmdlab.llm.warmstart import WarmStartConfig
 
@@ -104,7 +107,25 @@ def trainer(out_path: str, run_dir: str, cache: str, strategy: str) -> None:
         eval_every=2, steps=2, prompts=4, n=4, minibatches=2, sampling=SamplingConfig(max_new_tokens=3),
         out=run_dir, progress=False, save_every=1, parallel=strategy, token_budget=24,
     )  # fmt: skip
+    if mode == "resume":
+        config = dataclasses.replace(config, resume=True)
     t = Trainer(config)
+    if mode == "killed":
+        real = Trainer.train_step
+
+        def die_after_step_one(self):
+            if self.step == 1:
+                raise KeyboardInterrupt
+            return real(self)
+
+        Trainer.train_step = die_after_step_one
+        try:
+            t.run()
+        except KeyboardInterrupt:
+            pass
+        dist.barrier()
+        dist.destroy_process_group()
+        return
     records = t.run()
     state = distributed.full_state_dict(t.model)  # every rank takes part under FSDP2; rank 0 gets it
     if state is None:
@@ -139,4 +160,4 @@ if __name__ == "__main__":
         ).parameters()]  # fmt: skip
         update(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "ddp")
     else:
-        trainer(sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5] if len(sys.argv) > 5 else "ddp")
+        trainer(*sys.argv[2:])

@@ -53,3 +53,21 @@ def test_the_trainer_runs_under_torchrun(tmp_path, strategy):
         assert ranks[0]["digest"] == ranks[1]["digest"]  # replicas stay identical
     steps = [rec["step"] for rec in metrics_log.read([run / "metrics.jsonl"])]
     assert steps == [0, 1, 2]  # one log, written by rank 0
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_killed_torchrun_resumes_to_the_uninterrupted_result(tmp_path, strategy):
+    """Optimiser state gathered and re-sharded, per-rank data position: the same weights and log."""
+    torchrun("trainer", tmp_path / "a.json", tmp_path / "a", tmp_path / "cache", strategy, "straight")
+    torchrun("trainer", tmp_path / "b.json", tmp_path / "b", tmp_path / "cache", strategy, "killed")
+    assert [p.name for p in sorted((tmp_path / "b").glob("step-*"))] == ["step-000001"]
+    torchrun("trainer", tmp_path / "b.json", tmp_path / "b", tmp_path / "cache", strategy, "resume")
+    a = json.loads(Path(f"{tmp_path / 'a.json'}.rank0").read_text())
+    b = json.loads(Path(f"{tmp_path / 'b.json'}.rank0").read_text())
+    assert a["digest"] == b["digest"] and b["step"] == 2
+
+    def strip(records):
+        return [{k: v for k, v in r.items() if not k.startswith("perf/") and k != "run"} for r in records]
+
+    assert strip(metrics_log.read([tmp_path / "a" / "metrics.jsonl"])) == strip(
+        metrics_log.read([tmp_path / "b" / "metrics.jsonl"]))
