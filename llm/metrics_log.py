@@ -26,6 +26,8 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from . import jsonl
+
 __all__ = ["PANELS", "append", "read"]
 
 #: (metric name, panel title) in the layout the paper's training figure uses.
@@ -65,16 +67,9 @@ def read(paths: Iterable[str | os.PathLike]) -> list[dict]:
     """Every record of the given logs; a malformed line is an error naming file and line."""
     records = []
     for path in paths:
-        with open(path) as f:
-            for number, text in enumerate(f, start=1):
-                if not text.strip():
-                    continue
-                try:
-                    record = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}, line {number}: not JSON ({e.msg})") from None
-                _check(record, str(path), number)
-                records.append(record)
+        for number, record in jsonl.objects(path):
+            _check(record, str(path), number)
+            records.append(record)
     return records
 
 

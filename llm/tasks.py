@@ -16,11 +16,12 @@ A reward is 1 for a correct completion and 0 (``reward_values="binary"``) or
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import random
 from dataclasses import dataclass
 from importlib import resources
+
+from . import jsonl
 
 __all__ = ["ArithmeticTask", "MathDataset", "Problem", "bundled_dataset", "load_jsonl", "make_reward"]
 
@@ -146,21 +147,12 @@ def _as_tuple(state):
 def load_jsonl(path: str | os.PathLike) -> list[dict]:
     """Rows ``{"id", "problem", "answer"}`` (non-empty strings); errors name the file and line."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}, line {number}: a row must be a JSON object")
-            for key in ("id", "problem", "answer"):
-                value = row.get(key)
-                if not isinstance(value, str) or not value.strip():
-                    raise ValueError(f"{path}, line {number}: row has no {key} (a non-empty string is required)")
-            rows.append(row)
+    for number, row in jsonl.objects(path):
+        for key in ("id", "problem", "answer"):
+            value = row.get(key)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"{path}, line {number}: row has no {key} (a non-empty string is required)")
+        rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
