@@ -31,7 +31,7 @@ class RecordingTrainer(PMDTrainer):
     def _compute_loss(self, model, inputs):
         loss = super()._compute_loss(model, inputs)
         self.seen.append({k: inputs[k].detach().clone() for k in
-                          ("pmd_rewards", "pmd_group_ids", "completion_mask", "advantages")} | {"loss": float(loss)})
+                          ("pmd_rewards", "pmd_group_ids", "completion_mask", "advantages")} | {"loss": float(loss.detach())})
         return loss
 
 

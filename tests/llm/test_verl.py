@@ -41,7 +41,7 @@ def test_one_process_loss_is_pmdlabs(name, mode):
     got, metrics = pv.policy_loss(name)(old, new, token_adv, mask, mode, config=None)
     ref = losses.LOSSES[name](new, old, mask.double(), seq_adv, tau=0.5, aggregation=pv.AGGREGATION[mode],
                               max_length=mask.shape[1]).loss  # fmt: skip
-    assert float(got) == pytest.approx(float(ref), rel=1e-12)
+    assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
     assert "actor/pmd_target_mean" in metrics and "actor/pmd_frac_above_target" in metrics
 
 
@@ -61,9 +61,9 @@ def test_micro_batches_and_ranks_sum_to_the_whole_minibatch(mode):
     for rank_rows in (torch.arange(0, 6), torch.arange(6, 12)):
         for micro in torch.tensor_split(rank_rows, 3):  # uneven lengths across micro-batches
             loss, _ = fn(old[micro], new[micro], token_adv[micro], mask[micro], mode, config=config)
-            total += float(loss) / dp
+            total += float(loss.detach()) / dp
             grad += torch.autograd.grad(loss, new)[0] / dp
-    assert total == pytest.approx(float(whole), rel=1e-12)
+    assert total == pytest.approx(float(whole.detach()), rel=1e-12)
     torch.testing.assert_close(grad, grad_whole, rtol=1e-12, atol=1e-14)
 
 
@@ -132,7 +132,7 @@ def test_verl_finds_the_registered_losses_by_name():
     got, _ = fn(old_log_prob=old, log_prob=new, advantages=seq_adv[:, None] * mask, response_mask=mask,
                 loss_agg_mode="seq-mean-token-mean", config=None, rollout_is_weights=None)  # fmt: skip
     ref = losses.pmd_mean(new, old, mask.double(), seq_adv, tau=0.5).loss
-    assert float(got) == pytest.approx(float(ref), rel=1e-12)
+    assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
     assert core_algos.get_adv_estimator_fn("pmd_loo_partition") is not None
 
 
