@@ -67,6 +67,17 @@ def _missing(d):
     return None
 
 
+_DENSE, _WINDOW = 60, 20
+
+
+def _moving_average(y, window):
+    """Trailing mean over up to ``window`` points (shorter at the start)."""
+    c = np.cumsum(np.insert(np.asarray(y, dtype=float), 0, 0.0))
+    i = np.arange(1, len(y) + 1)
+    lo = np.maximum(i - window, 0)
+    return (c[i] - c[lo]) / (i - lo)
+
+
 def _plot(d, params):
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
     for ax, (metric, title) in zip(axes.flat, PANELS):
@@ -74,8 +85,13 @@ def _plot(d, params):
             key = f"{run}/{metric}"
             if key + "/step" in d:
                 label = _NAMES.get(alg, alg) + ("" if len(d["runs"]) == len(set(d["algorithms"])) else f" ({run})")
-                ax.plot(d[key + "/step"], d[key + "/value"], marker="o", ms=2.5, lw=1.5, label=label,
-                        color=ALGORITHM_COLORS.get(_NAMES.get(alg, alg)))  # fmt: skip
+                color = ALGORITHM_COLORS.get(_NAMES.get(alg, alg))
+                x, y = d[key + "/step"], d[key + "/value"]
+                if len(x) > _DENSE:  # every step: the raw curve faint, a moving average over it
+                    ax.plot(x, y, lw=0.6, alpha=0.25, color=color)
+                    ax.plot(x, _moving_average(y, _WINDOW), lw=1.8, label=label, color=color)
+                else:
+                    ax.plot(x, y, marker="o", ms=2.5, lw=1.5, label=label, color=color)
         ax.set_title(title)
         ax.set_xlabel("global step")
     axes[0, 0].legend(loc="best")
@@ -94,7 +110,8 @@ def _caption(d, params):
     sources = ", ".join(params["logs"])
     return (
         "LLM training in the layout of the paper's training figure: training reward, held-out avg@k, best@k "
-        "(pass@k), maj@k, response length and entropy against the global step, one curve per run, from "
+        "(pass@k), maj@k, response length and entropy against the global step, one curve per run (per-step "
+        f"metrics faint, with a trailing mean over {_WINDOW} steps), from "
         f"{sources}. " + ("; ".join(parts) + "." if parts else "")
     )
 
