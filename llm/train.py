@@ -298,7 +298,7 @@ class Trainer:
         self.eval_problems = self.task.eval_problems()
         if config.eval_size:
             self.eval_problems = self.eval_problems[: config.eval_size]
-        self._writers = None
+        self._writers = self._open_writers() if self.ctx.main else []
         if resume_from is not None:
             self._restore(resume_from)
         distributed.barrier(self.ctx)  # every rank has checked the run folder before rank 0 writes to it
@@ -415,20 +415,24 @@ class Trainer:
             return
         full = {"run": self.run_name, "algorithm": self.config.algorithm.name, "step": self.step, **record}
         metrics_log.append(self.log_path, full)
-        if self._writers is None:
-            self._writers = self._open_writers()
         for write in self._writers:
             write(record, self.step)
 
     def _open_writers(self) -> list:
         cfg, writers = self.config, []
         if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ValueError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
 
             tb = SummaryWriter(str(self.run_dir / "tensorboard"))
             writers.append(lambda r, s: [tb.add_scalar(k, v, s) for k, v in r.items() if math.isfinite(v)])
         if cfg.wandb_project:
-            import wandb
+            try:
+                import wandb
+            except ImportError:
+                raise ValueError("wandb_project needs the wandb package: pip install wandb") from None
 
             wandb.init(project=cfg.wandb_project, name=self.run_name, config=to_dict(cfg), resume="allow")
             writers.append(lambda r, s: wandb.log(r, step=s))

@@ -182,3 +182,16 @@ def test_command_line_help_lists_every_setting(capsys):
 def test_command_line_errors_name_the_setting(capsys):
     assert main(["steps=zero"]) == 2
     assert "steps" in capsys.readouterr().err
+
+
+def test_tensorboard_receives_the_same_scalars(tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    Trainer(small_config(tmp_path, steps=2, eval_every=2, tensorboard=True)).run()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    logged = metrics_log.read([tmp_path / "run" / "metrics.jsonl"])
+    rewards = [(r["step"], r["train/reward"]) for r in logged if "train/reward" in r]
+    assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in events.Scalars("train/reward")] == rewards
+    assert "eval/avg@k" in events.Tags()["scalars"]
