@@ -88,3 +88,23 @@ def test_entropy_matches_the_definition_and_micro_batching_changes_nothing():
     p = torch.softmax(logits.double(), -1)
     ref = -(p * p.log()).sum(-1) * rollout.mask[:, : logits.shape[1]]
     assert torch.allclose(ent[:, : logits.shape[1]].double(), ref, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    model, tok = tiny_lm()
+    policy = LMPolicy(model, tok, SamplingConfig(max_new_tokens=5))
+    torch.manual_seed(4)
+    rollout = policy.sample(PROMPTS, 2)
+    model.train()
+
+    def grads():
+        model.zero_grad()
+        (policy.log_probs(rollout) * rollout.mask).sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = grads()
+    model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing
+    checkpointed = grads()
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
