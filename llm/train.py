@@ -222,9 +222,16 @@ def load_model(path: str | Path, config: TrainConfig, device: torch.device):
     tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
+        enable_activation_checkpointing(model)
     return model, tokenizer
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (``activation_checkpointing_enable`` in
+    transformers 5, ``gradient_checkpointing_enable`` before)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    model.config.use_cache = False
 
 
 def _seed(*parts: int) -> int:
