@@ -15,6 +15,7 @@ A reward is 1 for a correct completion and 0 (``reward_values="binary"``) or
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
@@ -222,9 +223,17 @@ class MathDataset:
     def is_correct(self, completion: str, problem: Problem) -> bool:
         from math_verify import parse, verify
 
-        gold = parse(f"${problem.answer}$", parsing_timeout=self.timeout)
+        gold = _parse_gold(problem.answer, self.timeout)
         pred = parse(completion, parsing_timeout=self.timeout)
         return bool(gold and pred and verify(gold, pred, timeout_seconds=self.timeout))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(answer: str, timeout: int):
+    """A reference answer parsed once, not once per completion (every sample of a group shares it)."""
+    from math_verify import parse
+
+    return parse(f"${answer}$", parsing_timeout=timeout)
 
 
 def _resolve(path: str) -> str:
