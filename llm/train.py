@@ -181,8 +181,6 @@ class TrainConfig:
             raise ValueError(f"dtype must be auto or one of {tuple(_DTYPES)}, got {self.dtype!r}")
         if self.model != "tiny" and not Path(self.model).is_dir():
             raise ValueError(f"model must be 'tiny' or a local model folder; {self.model} is not a folder")
-        if self.data == "arithmetic" and self.model != "tiny":
-            pass  # an external model on the embedded task is allowed
         make_reward(self.reward_values)  # validates
 
     @property
@@ -302,9 +300,7 @@ class Trainer:
         self.step = 0
         self.nonfinite_streak = 0
         self.queue: deque[dict] = deque()
-        self.eval_problems = self.task.eval_problems()
-        if config.eval_size:
-            self.eval_problems = self.eval_problems[: config.eval_size]
+        self.eval_problems = self.task.eval_problems()  # eval_size applied by the task
         self._writers = self._open_writers() if self.ctx.main else []
         if resume_from is not None:
             self._restore(resume_from)
@@ -323,12 +319,13 @@ class Trainer:
             rollout = self.policy.sample([p.prompt for p in problems], cfg.n)
             old, entropy = self.policy.log_probs_and_entropy(rollout)
         texts = self.policy.decode(rollout)
-        rewards = [self.reward(self.task.is_correct(t, problems[i // cfg.n])) for i, t in enumerate(texts)]
+        hits = [self.task.is_correct(t, problems[i // cfg.n]) for i, t in enumerate(texts)]
+        rewards = [self.reward(hit) for hit in hits]
         rollout.rewards = torch.tensor(rewards, dtype=torch.float32, device=rollout.tokens.device)
         self.policy.model.train()
         elapsed = time.perf_counter() - start
         tokens = float(rollout.mask.sum())
-        correct = torch.tensor([self.task.is_correct(t, problems[i // cfg.n]) for i, t in enumerate(texts)])
+        correct = torch.tensor(hits)
         stats = {
             "train/reward": float(rollout.rewards.mean()),
             "train/accuracy": float(correct.float().mean()),
