@@ -7,9 +7,9 @@ A checkpoint is a folder ``step-000040/`` in the run's folder holding
   random states, the data position, the step and the non-finite streak;
 * ``rollouts-rank{r}.pt``: each rank's not-yet-used rollouts (staleness).
 
-It is written to a temporary folder and renamed into place, so a crash
-while saving leaves the previous checkpoint intact; only the newest
-``keep`` are kept.
+It is written to a temporary folder (:func:`begin`, then the files) and
+renamed into place (:func:`commit`), so a crash while saving leaves the
+previous checkpoint intact; only the newest ``keep`` are kept.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["begin", "commit", "latest", "load", "rng_state", "save", "set_rng_state"]
+__all__ = ["begin", "commit", "latest", "load", "rng_state", "set_rng_state", "write_model"]
 
 _NAME = re.compile(r"^step-(\d+)$")
 
@@ -65,14 +65,6 @@ def commit(run_dir: str | os.PathLike, tmp: Path, step: int, keep: int = 2) -> P
     for old in _checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def save(run_dir: str | os.PathLike, step: int, model, tokenizer, state: dict, keep: int = 2) -> Path:
-    """Write ``step-{step}`` atomically from one process; ``state`` goes to ``trainer.pt``."""
-    tmp = begin(run_dir, step)
-    write_model(tmp, model, tokenizer)
-    torch.save(state, tmp / "trainer.pt")
-    return commit(run_dir, tmp, step, keep)
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:

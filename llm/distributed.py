@@ -141,15 +141,11 @@ def no_sync(model: torch.nn.Module):
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
     """The full (unsharded) state dict on CPU for ``save_pretrained``; every rank must call it."""
     inner = unwrap(model)
-    if _is_fsdp(inner):
+    if _fsdp_modules(inner):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         return get_model_state_dict(inner, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return None  # the module's own state dict is already full
-
-
-def _is_fsdp(model) -> bool:
-    return any(type(m).__name__.startswith("FSDP") for m in model.modules())
 
 
 def barrier(ctx: Context) -> None:

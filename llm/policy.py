@@ -142,6 +142,13 @@ class GenerateBackend:
         return tokens, torch.where(response_mask(tokens, self.tokenizer.eos_token_id) > 0, logps, 0.0)
 
 
+def _token_log_probs(logp: torch.Tensor, rollout: Rollout) -> torch.Tensor:
+    """``log p(y_t)`` of the response tokens from log-softmax ``logp`` (B, W, V); 0 on padding."""
+    width = logp.shape[1]
+    tokens = rollout.tokens[:, :width].unsqueeze(-1)
+    return logp.gather(-1, tokens).squeeze(-1) * rollout.mask[:, :width]
+
+
 class LMPolicy:
     """A causal LM with its tokenizer as a policy (see the module docstring).
 
@@ -196,8 +203,9 @@ class LMPolicy:
         rows = [t[m > 0].tolist() for t, m in zip(rollout.tokens, rollout.mask)]
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
-    def _forward(self, rollout: Rollout) -> torch.Tensor:
-        """Logits ``(B, T, V)`` for the response tokens (divided by the temperature)."""
+    def _forward(self, rollout: Rollout) -> tuple[torch.Tensor, int]:
+        """Logits ``(B, W, V)`` for the first ``W`` response positions (divided by the temperature),
+        and the padding ``T - W`` beyond the longest response."""
         width = int(rollout.mask.sum(1).max().item()) if len(rollout) else 0
         width = max(width, 1)
         tokens, rmask = rollout.tokens[:, :width], rollout.mask[:, :width]
@@ -217,9 +225,7 @@ class LMPolicy:
     def log_probs(self, rollout: Rollout) -> torch.Tensor:
         """``log pi_theta`` of each response token, (B, T); 0 on padding."""
         logits, pad = self._forward(rollout)
-        width = logits.shape[1]
-        lp = torch.log_softmax(logits, dim=-1).gather(-1, rollout.tokens[:, :width].unsqueeze(-1)).squeeze(-1)
-        lp = lp * rollout.mask[:, :width]
+        lp = _token_log_probs(torch.log_softmax(logits, dim=-1), rollout)
         return torch.nn.functional.pad(lp, (0, pad))
 
     @torch.no_grad()
@@ -230,9 +236,8 @@ class LMPolicy:
             part = rollout.select(index)
             logits, pad = self._forward(part)
             logp = torch.log_softmax(logits, dim=-1)
-            width = logits.shape[1]
-            lp = logp.gather(-1, part.tokens[:, :width].unsqueeze(-1)).squeeze(-1) * part.mask[:, :width]
-            ent = -(logp.exp() * logp).sum(-1) * part.mask[:, :width]
+            lp = _token_log_probs(logp, part)
+            ent = -(logp.exp() * logp).sum(-1) * part.mask[:, : logits.shape[1]]
             lps.append(torch.nn.functional.pad(lp, (0, pad)))
             ents.append(torch.nn.functional.pad(ent, (0, pad)))
         return torch.cat(lps), torch.cat(ents)
