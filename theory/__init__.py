@@ -1,7 +1,7 @@
 """Exact population updates of policy mirror descent, PMD-part and PMD-mean.
 
 Everything here is numpy/scipy (float64), batched over any leading axes, with
-inputs validated. See ``pmd-math.md`` in the project documentation for the
+inputs validated. See ``docs/math.md`` for the
 formulas; ``python -m pmdlab.theory.verify`` checks every proposition.
 """
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import _kernels
+from . import _row_kernels
 from ._validation import SIMPLEX_ATOL
 
 #: Elements per block: large enough to amortise Python's overhead, small enough for the cache.
@@ -119,7 +119,7 @@ def row_stats(pi: np.ndarray, r: np.ndarray, batch_shape: tuple[int, ...]) -> Ro
         st.rmin[sl], st.rmax[sl] = rr.min(axis=1), rr.max(axis=1)
         with np.errstate(invalid="ignore"):
             st.mean_hi[sl] = rowdot(p, rr) / total
-        _kernels.mean_and_masses(p, rr, total, st.rmin[sl], st.rmax[sl], st.mean_hi[sl], st.mean_lo[sl],
+        _row_kernels.mean_and_masses(p, rr, total, st.rmin[sl], st.rmax[sl], st.mean_hi[sl], st.mean_lo[sl],
                                  st.mass_max[sl], st.mass_min[sl], st.two_valued[sl])  # fmt: skip
 
     map_blocks(block, n, k)
@@ -150,7 +150,7 @@ def target_stats(pi, r, tau, st: RowStats) -> None:
     def block(i0, i1):
         sl = slice(i0, i1)
         b = st.rows(sl)
-        _kernels.target_moments(pi[sl], r[sl], tau[sl], b.total, b.mean_hi, b.mean_lo,
+        _row_kernels.target_moments(pi[sl], r[sl], tau[sl], b.total, b.mean_hi, b.mean_lo,
                                 np.arange(i1 - i0), b.var, b.amax, b.amin)  # fmt: skip
 
     map_blocks(block, n, k)

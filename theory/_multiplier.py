@@ -6,7 +6,7 @@ For each row (prompt) with old policy ``pi`` and targets ``a = (r - r̄)/tau``
 .. math:: M(u) = \sum_y \pi(y)\, \omega(a(y) + u) = e^u ,
 
 which is ``sum_y pi_{t+1}(y) = 1`` written with ``pi_{t+1} = pi omega/lambda``
-(pmd-math.md §3). ``F(u) = log M(u) - u`` is decreasing, with its root in
+(docs/math.md §3). ``F(u) = log M(u) - u`` is decreasing, with its root in
 ``(-inf, log max a]`` (at ``lambda = max a`` every ``omega(a+u) <= lambda``).
 
 Method, per row:
@@ -44,7 +44,7 @@ import math
 
 import numpy as np
 
-from . import _kernels, binary
+from . import _kernels, _row_kernels, binary
 from ._blocks import RowStats, map_blocks, scratch
 from ._residual import LOG_LAMBDA_SWITCH
 from ._rootfind import solve_rows
@@ -95,7 +95,7 @@ def _model(p, w, inv_s, u, lo, hi, rows, quadratic_limit, high_order, bracket=Fa
     ``F = log m0 - u``, exact at this precision. Returns ``(step, order, lo, hi)``.
     """
     m = np.empty((high_order + 1, p.shape[0]))
-    _kernels.moments(p, w, inv_s, 2, m)
+    _row_kernels.moments(p, w, inv_s, 2, m)
     if bracket:
         with np.errstate(divide="ignore", invalid="ignore"):
             f = np.log(m[0]) - u
@@ -104,7 +104,7 @@ def _model(p, w, inv_s, u, lo, hi, rows, quadratic_limit, high_order, bracket=Fa
     step = _model_step(m[:3], u, lo, hi)
     if np.abs(np.where(rows, step, 0.0)).max(initial=0.0) <= quadratic_limit:
         return step, 2, lo, hi
-    _kernels.moments(p, w, inv_s, high_order, m)
+    _row_kernels.moments(p, w, inv_s, high_order, m)
     return _model_step(m, u, lo, hi), high_order, lo, hi
 
 
@@ -151,7 +151,7 @@ def solve_block_into(pi, r, tau, st: RowStats, u0, policy, log_ratio, lam) -> No
     # only, so rows with small lambda are left where they are.
     z32, w32 = scratch("z32", n, k, _F32), scratch("w32", n, k, _F32)
     t1, t2, t3 = (scratch(f"t{j}", n, k, _F32) for j in range(3))
-    _kernels.targets32(*target, u, z32)
+    _row_kernels.targets32(*target, u, z32)
     moving = live & (u >= _LOG_SMALL_LAMBDA)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         omega_f32_into(z32, w32, t1, t2, t3)

@@ -1,7 +1,7 @@
 r"""Binary rewards: the exact one-step updates as functions of ``p`` alone.
 
 With ``r in {0, 1}`` and ``p = pi_t(correct)``, PMD-mean's update depends on
-``pi_t`` only through ``p`` (pmd-math.md §4). With ``q = 1 - p``,
+``pi_t`` only through ``p`` (docs/math.md §4). With ``q = 1 - p``,
 ``a_1 = q/tau`` and ``a_0 = -p/tau``, every correct response gets the ratio
 ``rho_1 = omega(a_1 + u)/lambda`` and every incorrect one
 ``rho_0 = omega(a_0 + u)/lambda``, where ``u = log lambda`` solves
@@ -151,7 +151,7 @@ def _out(x):
 
 
 def pmd_mean_step(p, tau) -> BinaryMeanStep:
-    r"""Exact PMD-mean step for rewards in {0, 1} (pmd-math.md §4).
+    r"""Exact PMD-mean step for rewards in {0, 1} (docs/math.md §4).
 
     ``p`` in [0, 1], ``tau > 0``, broadcast together. Returns
     :class:`BinaryMeanStep`. Example: ``pmd_mean_step(0.01, 0.1).success``

@@ -6,7 +6,7 @@ leading (prompt) axes. Conventions: ``0 log 0 = 0``; ``KL(p||q) = inf`` when
 
 * ``KL(p||q) = sum p log(p/q)``
 * ``chi^2(q||p) = sum q^2/p - 1``
-* PMD-part's objective (pmd-math.md §2): ``E_q r - tau KL(q||pi)``
+* PMD-part's objective (docs/math.md §2): ``E_q r - tau KL(q||pi)``
 * the mixed objective (§3): ``E_q r - tau KL(q||pi) - beta chi^2(q||pi)``
 * PMD-mean's regression loss (§3): ``E_pi 1/2 (log q/pi - (r - E_pi r)/tau)^2``
 """

@@ -2,7 +2,7 @@ r"""An independent solver for the mixed KL–chi^2 mirror-descent step.
 
 .. math:: \max_q \; E_q r - \tau\, KL(q\|\pi) - \beta\, \chi^2(q\|\pi)
 
-over the simplex (pmd-math.md §3, equivalence). It does not use the
+over the simplex (docs/math.md §3, equivalence). It does not use the
 Lambert-W form of PMD-mean: it solves the problem's own optimality
 conditions by nested monotone root-finding, so agreement with
 :func:`pmdlab.theory.pmd_mean` at ``beta = tau lambda / 2`` is a real check.

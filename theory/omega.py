@@ -1,7 +1,7 @@
 r"""The Wright omega function for real arguments, fast and to full precision.
 
 :math:`\omega(z) = W(e^z)` is the solution of :math:`\omega + \log\omega = z`
-(principal branch). PMD-mean's update is written with it (pmd-math.md §3):
+(principal branch). PMD-mean's update is written with it (docs/math.md §3):
 ``log pi_{t+1}/pi_t = a - omega(a + log lambda)``, which never forms
 ``e^a`` and so stays finite for ``a = 1/tau = 1e4``.
 

@@ -1,7 +1,7 @@
 r"""High-precision references (mpmath) for the exact updates.
 
 Slow and simple on purpose: one prompt at a time, the formulas of
-pmd-math.md written out literally, every operation at ``dps`` significant
+docs/math.md written out literally, every operation at ``dps`` significant
 digits (60 by default), the multiplier found by bisection on its bracket.
 They are the independent oracle for :mod:`.updates` and :mod:`.binary`.
 """
@@ -48,7 +48,7 @@ def _solve_u(weights, targets, bisections: int):
 
 
 def pmd_mean_reference(pi, r, tau, dps: int = 60) -> MeanReference:
-    """PMD-mean's update for one prompt at ``dps`` digits (pmd-math.md §3).
+    """PMD-mean's update for one prompt at ``dps`` digits (docs/math.md §3).
 
     The reward must not be constant on the support (then ``lambda = 0``).
     """

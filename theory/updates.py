@@ -7,7 +7,7 @@ float64. Zero-probability actions are allowed and keep probability zero; their
 ``log_ratio`` is the value the update's formula assigns (the limit as their
 probability tends to zero), so it is finite.
 
-PMD-part (pmd-math.md §2), the KL-regularised step:
+PMD-part (docs/math.md §2), the KL-regularised step:
 
 .. math:: \pi_{t+1} = \pi_t e^{r/\tau} / Z, \qquad Z = E_t e^{r/\tau}.
 
@@ -119,7 +119,7 @@ def _flatten(pi, r, tau, check_values: bool):
 
 
 def pmd_part(pi, r, tau) -> PMDPartResult:
-    r"""PMD-part's update ``pi_{t+1} = pi_t e^{r/tau} / Z`` (pmd-math.md §2).
+    r"""PMD-part's update ``pi_{t+1} = pi_t e^{r/tau} / Z`` (docs/math.md §2).
 
     ``log Z`` is a max-shifted log-sum-exp over the support of ``pi_t``, so
     ``tau = 1e-4`` does not overflow.
@@ -146,7 +146,7 @@ def pmd_part(pi, r, tau) -> PMDPartResult:
 
 
 def pmd_mean(pi, r, tau, *, method: str = "auto") -> PMDMeanResult:
-    r"""PMD-mean's population update (pmd-math.md §3), via the Wright omega function.
+    r"""PMD-mean's population update (docs/math.md §3), via the Wright omega function.
 
     Parameters
     ----------
@@ -213,7 +213,7 @@ class _Outputs:
 
 def _two_valued(pi2, r2, tau_rows, stats, out) -> None:
     """Rows whose rewards take two values: the binary solution with
-    ``p = pi(r = max)`` and ``tau_eff = tau / (max - min)`` (pmd-math.md §4)."""
+    ``p = pi(r = max)`` and ``tau_eff = tau / (max - min)`` (docs/math.md §4)."""
     both = stats.mass_max + stats.mass_min
     p_hi, p_lo = stats.mass_max / both, stats.mass_min / both  # p_lo, not 1 - p_hi: exact 0s
     gap = stats.rmax - stats.rmin

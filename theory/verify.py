@@ -20,7 +20,7 @@ def format_table(outcomes: list[Outcome], markdown: bool = False) -> str:
     header = ["proposition", "checked", "instances", "worst error", "tolerance", "result"]
     rows = [
         [o.proposition.name, o.proposition.checked, str(o.instances), f"{o.worst:.2e}",
-         f"{o.proposition.tolerance:.0e}", "pass" if o.passed else "FAIL"]
+         f"{o.tolerance:.2e}", "pass" if o.passed else "FAIL"]
         for o in outcomes
     ]  # fmt: skip
     if markdown:

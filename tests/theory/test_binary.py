@@ -19,7 +19,7 @@ taus = st.floats(1e-4, 10)
 
 @pytest.mark.parametrize(
     "p, tau, mean, part, mean_rho0, part_rho0, beta",
-    [  # pmd-math.md §4
+    [  # docs/math.md §4
         (0.01, 0.1, 0.25996, 0.99553, -0.291, -5.399, 0.01278),
         (0.1, 0.1, 0.74589, 0.99959, -1.265, -7.698, 0.04686),
         (0.5, 1.0, 0.71376, 0.73106, -0.558, -0.620, 0.05046),
@@ -35,7 +35,7 @@ def test_quoted_table(p, tau, mean, part, mean_rho0, part_rho0, beta):
 
 
 def test_quoted_low_p_contrast():
-    # pmd-math.md §4: at p = 1e-6, tau = 1e-3, PMD-mean p' ~ 0.031 while PMD-part p' ~ 1.
+    # docs/math.md §4: at p = 1e-6, tau = 1e-3, PMD-mean p' ~ 0.031 while PMD-part p' ~ 1.
     assert float(pmd_mean_step(1e-6, 1e-3).success) == pytest.approx(0.031, abs=5e-4)
     assert float(pmd_part_step(1e-6, 1e-3).success) == pytest.approx(1.0, abs=1e-12)
 

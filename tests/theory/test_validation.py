@@ -49,7 +49,11 @@ def test_the_message_points_at_the_entry():
 
 
 def test_tolerance_for_policies_that_almost_sum_to_one():
-    pmd_mean(np.array([0.5, 0.5 + 5e-9]), np.array([1.0, 0.0]), 0.1)  # within 1e-8: renormalised
+    almost = np.array([0.5, 0.5 + 5e-9])  # within 1e-8: renormalised
+    r = np.array([1.0, 0.0])
+    res, exact = pmd_mean(almost, r, 0.1), pmd_mean(almost / almost.sum(), r, 0.1)
+    np.testing.assert_allclose(res.policy, exact.policy, rtol=1e-14)
+    assert res.lam == pytest.approx(float(exact.lam), rel=1e-12)
     with pytest.raises(ValueError, match="sum to 1"):
         pmd_mean(np.array([0.5, 0.5 + 5e-8]), np.array([1.0, 0.0]), 0.1)
 
