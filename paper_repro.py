@@ -44,6 +44,19 @@ def _llm_logs(args) -> tuple[list[str], str]:
     return paths, digest.hexdigest()[:16]
 
 
+#: Seconds each part took from an empty cache on 2 CPU cores (the full and the quick parameters).
+_MEASURED_S = {"full": {"llm": 280, "other": 190}, "quick": {"llm": 35, "other": 40}}
+
+
+def _expected_time(names: list[str], quick: bool) -> str:
+    """What the run will cost, from :data:`_MEASURED_S` (cached numbers make it seconds)."""
+    cost = _MEASURED_S["quick" if quick else "full"]
+    seconds = cost["other"] + (cost["llm"] if "llm" in names else 0)
+    llm = f", of which about {cost['llm']} s train the two LLM runs of figure 8" if "llm" in names else ""
+    return (f"expected: about {seconds / 60:.0f} min on 2 CPU cores from an empty cache{llm}; "
+            "seconds when the numbers are cached")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--figure", action="append", choices=["all", *FIGURES], help="a figure to draw (repeatable; default all)")
@@ -61,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{i}. {fig.name}: {fig.shows}")
         return 0
     names = list(FIGURES) if not args.figure or "all" in args.figure else list(dict.fromkeys(args.figure))
+    print(_expected_time(names, args.quick), flush=True)
     os.makedirs(args.out, exist_ok=True)
     cache = os.path.join(args.out, "cache")
     start = time.perf_counter()
@@ -70,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         logs, digest = _llm_logs(args)
         read(logs)
         if not logs and not args.no_llm_training:
-            tqdm.write("llm: no metrics logs; training PMD-mean and GRPO on the embedded task (CPU)", file=sys.stdout)
+            tqdm.write("llm: no metrics logs; training PMD-mean and GRPO on the embedded task (CPU), "
+                       "one progress bar per run (step, reward, held-out avg@k)", file=sys.stdout)
             try:
-                run_comparison(os.path.join(args.out, "llm"), args.seed, args.quick)
+                run_comparison(os.path.join(args.out, "llm"), args.seed, args.quick, progress=True)
             except ModuleNotFoundError as e:
                 tqdm.write(f"llm: cannot train ({e}); install the llm extra: pip install -e '.[llm]'", file=sys.stdout)
             logs, digest = _llm_logs(args)

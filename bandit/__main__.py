@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pmdlab.llm.algorithms import ALGORITHMS, Algorithm
-from pmdlab.llm.config import parse, to_dict
+from pmdlab.rl.algorithms import ALGORITHMS, Algorithm
+from pmdlab.rl.config import parse, to_dict
 
 from .task import TaskConfig
 from .train import BanditConfig, train
@@ -51,6 +51,11 @@ class CompareConfig:
                 raise ValueError(f"algorithms: {name!r} is not one of {ALGORITHMS}")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
+        self.algorithm_table()  # validates tau
+
+    def algorithm_table(self) -> dict[str, Algorithm]:
+        """Each compared algorithm, the PMD ones with ``tau``."""
+        return {name: Algorithm(name, tau=self.tau) for name in self.algorithms}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
           + f"{'collapses':>11s}{'KL/step':>9s}{'time':>7s}")  # fmt: skip
     records = {}
     start = time.perf_counter()
-    for name in cfg.algorithms:
-        alg = Algorithm(name, tau=cfg.tau) if name.startswith("pmd") else Algorithm(name)
+    for name, alg in cfg.algorithm_table().items():
         t0 = time.perf_counter()
         runs = []
         for seed in cfg.seeds:

@@ -33,7 +33,7 @@ from scipy.optimize import brentq
 from scipy.special import expit, log_expit
 from scipy.stats import binom
 
-from pmdlab.llm.algorithms import Algorithm
+from pmdlab.rl.algorithms import Algorithm
 from pmdlab.theory.binary import pmd_mean_step, pmd_part_step
 
 from .train import BanditConfig, train

@@ -1,6 +1,6 @@
 r"""Softmax policies over a bandit task's finite response sets.
 
-Both answer the trainer's policy interface (:mod:`pmdlab.llm.rollout`): a
+Both answer the trainer's policy interface (:mod:`pmdlab.rl.rollout`): a
 response is one "token", the index of the chosen response.
 
 * :class:`TabularPolicy`: free logits ``theta[x, y]`` per prompt and
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pmdlab.llm.rollout import Rollout
+from pmdlab.rl.rollout import Rollout
 from .task import Task
 
 __all__ = ["LogLinearPolicy", "SoftmaxPolicy", "TabularPolicy", "rollout_from_table", "sample_rows"]

@@ -5,7 +5,7 @@ Per step (one policy version):
 1. choose the step's prompts (all, or ``batch_prompts`` of them at random);
 2. the sampler, the policy ``staleness`` versions ago (``min(step, k)``),
    draws ``n`` responses per prompt; their rewards are read off the task;
-3. :func:`pmdlab.llm.update.policy_update` runs the ``minibatches``
+3. :func:`pmdlab.rl.update.policy_update` runs the ``minibatches``
    optimiser steps with ``pi_old`` = the sampler: the same advantages,
    losses and update as the LLM trainer;
 4. metrics, exact because the response sets are finite: success
@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from pmdlab.llm.algorithms import Algorithm
-from pmdlab.llm.update import policy_update
+from pmdlab.rl.algorithms import Algorithm
+from pmdlab.rl.update import policy_update
 
 from .optim import RowAdam
 from .policies import LogLinearPolicy, SoftmaxPolicy, TabularPolicy, rollout_from_table
@@ -43,7 +43,7 @@ class BanditConfig:
 
     Attributes:
         task: the prompts, responses, rewards and difficulty (:class:`TaskConfig`).
-        algorithm: the loss and its options (:class:`pmdlab.llm.algorithms.Algorithm`).
+        algorithm: the loss and its options (:class:`pmdlab.rl.algorithms.Algorithm`).
         policy: ``tabular`` or ``loglinear``.
         steps: policy versions (one rollout batch each).
         batch_prompts: prompts per rollout batch (``None``: all).

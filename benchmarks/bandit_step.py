@@ -23,7 +23,7 @@ import torch
 from pmdlab.bandit import BanditConfig, TaskConfig, make_task
 from pmdlab.bandit.optim import RowAdam
 from pmdlab.bandit.train import BanditTrainer
-from pmdlab.llm import Algorithm, losses
+from pmdlab.rl import ALGORITHMS, Algorithm
 
 
 def naive_step(logits: torch.nn.Embedding, optimizer, task, n: int, minibatches: int, tau: float, gen) -> dict:
@@ -123,7 +123,7 @@ def bench_losses(args) -> None:
           f"({int(mask.sum()):,} response tokens); the naive loop is timed on {m} sequences "
           f"and scaled by {b}/{m}")  # fmt: skip
     print(f"  {'loss':10s} {'pmdlab':>10s} {'naive':>10s} {'ratio':>8s} {'rel. diff':>10s}")
-    for name in losses.LOSSES:
+    for name in ALGORITHMS:
         alg = Algorithm(name, tau=0.1)
         adv = alg.advantages(rewards, groups)
         x = base.clone().requires_grad_(True)

@@ -3,7 +3,7 @@
 1. Rollout: ``prompts x n`` responses with the batched ``transformers.generate``
    backend, in tokens/s, against generating prompt by prompt (the same ``n``
    responses each), measured in the same run.
-2. Update: :func:`pmdlab.llm.update.policy_update` on that batch (``m``
+2. Update: :func:`pmdlab.rl.update.policy_update` on that batch (``m``
    minibatch steps with the model's forward and backward), in tokens/s, and
    the share of it spent in the loss itself: the same loss calls, forward and
    backward, on the same minibatches' log-probs without the model.
@@ -19,11 +19,11 @@ import time
 
 import torch
 
-from pmdlab.llm import Algorithm, Groups
+from pmdlab.rl import Algorithm, Groups
 from pmdlab.llm.policy import LMPolicy, SamplingConfig
 from pmdlab.llm.tasks import ArithmeticTask
 from pmdlab.llm.tiny import TinyModelConfig, build_model, build_tokenizer
-from pmdlab.llm.update import minibatches, policy_update
+from pmdlab.rl.update import minibatches, policy_update
 
 
 def timed(fn, repeats: int) -> float:

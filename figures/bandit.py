@@ -6,7 +6,7 @@ import numpy as np
 
 from pmdlab.bandit import BanditConfig, TaskConfig
 from pmdlab.bandit.experiments import one_step_success, sample_targets, target_error, training_dynamics
-from pmdlab.llm import Algorithm
+from pmdlab.rl import Algorithm
 from pmdlab.theory import pmd_mean_step, pmd_part_step
 
 from .registry import Claim, Figure, register

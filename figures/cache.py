@@ -23,6 +23,7 @@ import numpy as np
 
 import pmdlab.bandit
 import pmdlab.llm
+import pmdlab.rl
 import pmdlab.theory
 from pmdlab.theory.propositions import PROPOSITIONS, Outcome, run as run_propositions
 
@@ -45,9 +46,9 @@ def library_versions() -> dict[str, str]:
 
 @functools.cache
 def _library_source_digest() -> str:
-    """A hash of every ``.py`` file of ``pmdlab`` (theory, bandit, llm)."""
+    """A hash of every ``.py`` file of ``pmdlab`` (theory, rl, bandit, llm)."""
     h = hashlib.sha256()
-    for package in (pmdlab.theory, pmdlab.bandit, pmdlab.llm):
+    for package in (pmdlab.theory, pmdlab.rl, pmdlab.bandit, pmdlab.llm):
         for path in sorted(Path(next(iter(package.__path__))).rglob("*.py")):
             h.update(path.name.encode())
             h.update(path.read_bytes())

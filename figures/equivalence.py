@@ -1,4 +1,4 @@
-"""Figure 4: PMD-mean's update is the maximiser of the mixed KL–χ² objective (pmd-math.md §3)."""
+"""Figure 4: PMD-mean's update is the maximiser of the mixed KL–χ² objective (docs/math.md §3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Figures 1, 2, 3 and 5: the exact binary-reward updates (pmd-math.md §4)."""
+"""Figures 1, 2, 3 and 5: the exact binary-reward updates (docs/math.md §4)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def _claims_update_map(d, params):
                          f"max(p′_mean − p′_part) = {np.max(m - q):.1e}"))  # fmt: skip
         out.append(Claim(f"both updates improve (p′ > p) on the {grid} grid",
                          bool(np.all(m > p) and np.all(q > p)), f"min(p′ − p) = {min(np.min(m - p), np.min(q - p)):.1e}"))  # fmt: skip
-    out.append(Claim("p = 0.01, τ = 0.1 matches pmd-math.md §4 (0.25996 and 0.99553)",
+    out.append(Claim("p = 0.01, τ = 0.1 matches docs/math.md §4 (0.25996 and 0.99553)",
                      bool(abs(d["ref_mean"] - 0.25996) < 5e-6 and abs(d["ref_part"] - 0.99553) < 5e-6),
                      f"{float(d['ref_mean']):.5f}, {float(d['ref_part']):.5f}"))  # fmt: skip
     return out
@@ -142,7 +142,7 @@ def _claims_log_ratios(d, params):
     smaller = np.all(np.abs(d["mean_incorrect"]) < np.abs(d["part_incorrect"]))
     return [
         Claim("all log-ratios finite (log space, no underflow)", bool(finite)),
-        Claim("PMD-mean's log-ratios lie below their targets (r − r̄)/τ (pmd-math.md §3, identity 2)", bool(below),
+        Claim("PMD-mean's log-ratios lie below their targets (r − r̄)/τ (docs/math.md §3, identity 2)", bool(below),
               f"max(log ρ₁ − (1−p)/τ) = {np.max(d['mean_correct'] - (1 - p) / taus):.2e}"),
         Claim("PMD-mean pushes incorrect responses down less than PMD-part", bool(smaller)),
     ]

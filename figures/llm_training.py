@@ -23,12 +23,14 @@ _NAMES = {"pmd_mean": "PMD-mean", "pmd_part": "PMD-part", "grpo": "GRPO", "gspo"
 COMPARISON = {"full": {}, "quick": {"steps": 60, "eval_every": 20, "eval_size": 128}}
 
 
-def run_comparison(out_dir: str, seed: int, quick: bool, algorithms=("pmd_mean", "grpo")) -> list[str]:
-    """Train each algorithm with ``pmdlab.llm.train``'s defaults into ``out_dir/<algorithm>``; return the logs."""
+def run_comparison(out_dir: str, seed: int, quick: bool, algorithms=("pmd_mean", "grpo"), progress=False) -> list[str]:
+    """Train each algorithm with ``pmdlab.llm.train``'s defaults into ``out_dir/<algorithm>``; return the logs.
+
+    ``progress`` shows each run's progress bar (step, reward, held-out avg@k)."""
     import dataclasses
     import os
 
-    from pmdlab.llm.algorithms import Algorithm
+    from pmdlab.rl.algorithms import Algorithm
     from pmdlab.llm.train import TrainConfig, Trainer
     from pmdlab.llm.warmstart import WarmStartConfig
 
@@ -37,7 +39,7 @@ def run_comparison(out_dir: str, seed: int, quick: bool, algorithms=("pmd_mean",
     for name in algorithms:
         algorithm = dataclasses.replace(base.algorithm, name=name) if name.startswith("pmd") else Algorithm(name)
         config = dataclasses.replace(
-            base, algorithm=algorithm, seed=seed, progress=False, out=os.path.join(out_dir, name),
+            base, algorithm=algorithm, seed=seed, progress=progress, out=os.path.join(out_dir, name),
             warmstart=WarmStartConfig(cache_dir=os.path.join(out_dir, "warm-start")),
             **COMPARISON["quick" if quick else "full"],
         )  # fmt: skip

@@ -5,27 +5,56 @@ A checkpoint is a folder ``step-000040/`` in the run's folder holding
 * ``model/``: the weights (``save_pretrained``, safetensors) and tokenizer;
 * ``trainer.pt``: optimiser and scheduler states, torch/numpy/Python
   random states, the data position, the step and the non-finite streak;
-* ``rollouts-rank{r}.pt``: each rank's not-yet-used rollouts (staleness).
+* ``rollouts-rank{r}.pt``: each rank's not-yet-used rollouts (staleness);
+* ``manifest.json``, written last: every other file's size and SHA-256.
 
 It is written to a temporary folder (:func:`begin`, then the files) and
 renamed into place (:func:`commit`), so a crash while saving leaves the
-previous checkpoint intact; only the newest ``keep`` are kept.
+previous checkpoint intact; only the newest ``keep`` are kept. On resume
+(:func:`latest_valid`) each checkpoint is checked against its manifest,
+newest first: a damaged one (truncated, edited, a file missing) is skipped
+with a warning that names it, and the newest intact one is used; when
+checkpoints exist but none is intact, the run stops with a one-line error
+naming the folder. :func:`save` and :func:`restore` are the trainer's
+whole state, in and out.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import random
 import re
 import shutil
+import warnings
+from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["begin", "commit", "latest", "load", "rng_state", "set_rng_state", "write_model"]
+from pmdlab.rl.config import to_dict
+from pmdlab.rl.rollout import Rollout
+
+from . import distributed, metrics_log
+
+__all__ = [
+    "begin",
+    "commit",
+    "latest_valid",
+    "load",
+    "problem",
+    "restore",
+    "rng_state",
+    "save",
+    "set_rng_state",
+    "write_manifest",
+    "write_model",
+]
 
 _NAME = re.compile(r"^step-(\d+)$")
+MANIFEST = "manifest.json"
 
 
 def rng_state() -> dict:
@@ -72,15 +101,119 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest(run_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint in ``run_dir`` (``None`` if there is none)."""
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    """``manifest.json``: ``{relative path: {"bytes", "sha256"}}`` of every file in ``folder``."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (folder / MANIFEST).write_text(json.dumps({"files": entries}, indent=1))
+
+
+def problem(folder: Path) -> str | None:
+    """What is wrong with a checkpoint folder against its manifest (``None``: intact)."""
+    try:
+        entries = json.loads((folder / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return "it has no manifest.json (an interrupted save)"
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return "its manifest.json is unreadable"
+    if "trainer.pt" not in entries:
+        return "its manifest lists no trainer.pt"
+    for name, entry in entries.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != entry["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {entry['bytes']}"
+        if _sha256(path) != entry["sha256"]:
+            return f"{name} does not match its SHA-256 in the manifest"
+    return None
+
+
+def latest_valid(run_dir: str | os.PathLike) -> Path | None:
+    """The newest intact checkpoint in ``run_dir``; ``None`` if there are none at all.
+
+    Damaged ones are skipped with a warning naming each; if every checkpoint is
+    damaged a :class:`ValueError` names the folder.
+    """
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return None
-    found = [p for p in _checkpoints(run_dir) if (p / "trainer.pt").is_file()]
-    return found[-1] if found else None
+    found = _checkpoints(run_dir) if run_dir.is_dir() else []
+    for path in reversed(found):
+        reason = problem(path)
+        if reason is None:
+            return path
+        warnings.warn(f"checkpoint {path} is damaged ({reason}); trying an older one", stacklevel=2)
+    if found:
+        raise ValueError(f"resume: no intact checkpoint in {run_dir} ({len(found)} found, every one damaged)")
+    return None
 
 
 def load(path: str | os.PathLike) -> dict:
     """The ``trainer.pt`` state of a checkpoint (its model is loaded from ``path/model``)."""
     return torch.load(Path(path) / "trainer.pt", weights_only=False)
+
+
+# --------------------------------------------------------------------- a trainer's state
+
+
+def save(trainer) -> Path:
+    """An atomic checkpoint of ``trainer`` (:class:`pmdlab.llm.train.Trainer`): the full weights
+    and trainer state from rank 0, each rank's queued rollouts, then the manifest."""
+    ctx, step, run_dir = trainer.ctx, trainer.step, trainer.run_dir
+    full_weights = distributed.full_state_dict(trainer.model)  # a collective under FSDP2
+    optimizer_state = distributed.full_optimizer_state(trainer.model, trainer.optimizer)
+    tmp = run_dir / f".tmp-step-{step:06d}"
+    if ctx.main:
+        tmp = begin(run_dir, step)
+        write_model(tmp, distributed.unwrap(trainer.model), trainer.policy.tokenizer, full_weights)
+        state = {
+            "step": step,
+            "nonfinite_streak": trainer.nonfinite_streak,
+            "optimizer": optimizer_state,
+            "scheduler": trainer.scheduler.state_dict(),
+            "rng": rng_state(),
+            "task": trainer.task.state(),
+            "world_size": ctx.world_size,
+            "config": to_dict(trainer.config),
+        }
+        torch.save(state, tmp / "trainer.pt")
+    distributed.barrier(ctx)
+    queue = [{**batch, "rollout": batch["rollout"].to_dict()} for batch in trainer.queue]
+    torch.save(queue, tmp / f"rollouts-rank{ctx.rank}.pt")
+    distributed.barrier(ctx)
+    final = run_dir / f"step-{step:06d}"
+    if ctx.main:
+        write_manifest(tmp)
+        final = commit(run_dir, tmp, step, keep=trainer.config.keep_checkpoints)
+    distributed.barrier(ctx)
+    return final
+
+
+def restore(trainer, path: Path) -> None:
+    """Load the state :func:`save` wrote into ``trainer`` (its model was loaded from ``path/model``),
+    and drop the log records of steps past the checkpoint: they are about to be redone."""
+    state = load(path)
+    ctx = trainer.ctx
+    if state.get("world_size", 1) != ctx.world_size:
+        raise ValueError(f"{path} was written by {state.get('world_size', 1)} ranks; resume with as many "
+                         f"(this run has {ctx.world_size})")  # fmt: skip
+    trainer.step = state["step"]
+    trainer.nonfinite_streak = state["nonfinite_streak"]
+    distributed.load_optimizer_state(trainer.model, trainer.optimizer, state["optimizer"])
+    trainer.scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    trainer.task.set_state(state["task"])
+    queue = torch.load(path / f"rollouts-rank{ctx.rank}.pt", weights_only=False)
+    trainer.queue = deque(
+        {**batch, "rollout": Rollout.from_dict(batch["rollout"], ctx.device), "old": batch["old"].to(ctx.device)}
+        for batch in queue
+    )
+    if ctx.main:
+        metrics_log.truncate(trainer.log_path, trainer.step)

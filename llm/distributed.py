@@ -9,7 +9,7 @@ then
 * wraps the model with FSDP2 (``fully_shard`` on each decoder layer and the
   whole model) or DDP (:func:`wrap`);
 * sums the loss normaliser and the loss over ranks and scales each
-  backward pass by ``W`` (:func:`pmdlab.llm.update.policy_update`), so the
+  backward pass by ``W`` (:func:`pmdlab.rl.update.policy_update`), so the
   update equals one process's on the whole batch;
 * averages logged metrics over ranks (:func:`mean_over_ranks`), and gathers
   a full state dict on rank 0 for ``save_pretrained`` checkpoints

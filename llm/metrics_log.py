@@ -28,7 +28,7 @@ from pathlib import Path
 
 from . import jsonl
 
-__all__ = ["PANELS", "append", "read"]
+__all__ = ["PANELS", "append", "find", "read", "truncate"]
 
 #: (metric name, panel title) in the layout the paper's training figure uses.
 PANELS = (
@@ -77,3 +77,15 @@ def find(folder: str | os.PathLike) -> list[Path]:
     """The ``*.jsonl`` metrics logs under ``folder`` (sorted; none if it does not exist)."""
     root = Path(folder)
     return sorted(root.rglob("*.jsonl")) if root.is_dir() else []
+
+
+def truncate(path: str | os.PathLike, step: int) -> None:
+    """Keep only the records of steps up to ``step`` (atomically; nothing to do without a log)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [ln for ln in lines if ln.strip() and int(json.loads(ln)["step"]) <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)

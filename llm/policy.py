@@ -5,7 +5,7 @@
 
 * ``sample(prompts, n)``: ``n`` responses per prompt text through a
   :class:`RolloutBackend` (``transformers.generate`` here; vLLM behind the
-  same interface), as a :class:`~pmdlab.llm.rollout.Rollout` with the
+  same interface), as a :class:`~pmdlab.rl.rollout.Rollout` with the
   prompt token ids, right-padded response tokens up to and including the
   end-of-sequence token, and the sampler's own log-probs;
 * ``log_probs(rollout)``: the trainer's ``log pi_theta(y_t | x, y_<t)`` of
@@ -25,7 +25,7 @@ from typing import Protocol
 
 import torch
 
-from .rollout import Rollout
+from pmdlab.rl.rollout import Rollout
 
 __all__ = [
     "GenerateBackend",

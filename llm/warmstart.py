@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .policy import LMPolicy, response_mask
-from .rollout import Rollout
+from pmdlab.rl.rollout import Rollout
 from .tasks import ArithmeticTask
 from .tiny import TinyModelConfig, build_model, build_tokenizer
 

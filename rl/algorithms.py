@@ -1,32 +1,63 @@
-"""Algorithms by name: a loss from :mod:`.losses` with its options, as trainers configure it.
+"""The algorithm table: each name's loss, baseline and defaults, as trainers configure them.
 
-An :class:`Algorithm` computes the advantages of a whole rollout batch
-once (baselines need every response of a group, so they are never
-recomputed on a minibatch) and then the loss of any minibatch of it.
-Options left at ``None`` take the loss's own default.
+========  ====================  ===================================  ===================
+name      loss                  baselines (first: default)           default aggregation
+========  ====================  ===================================  ===================
+pmd_mean  :func:`losses.pmd`    mean, leave_one_out                  seq_mean_token_mean
+pmd_part  :func:`losses.pmd`    partition, leave_one_out_partition   seq_mean_token_mean
+grpo      :func:`losses.grpo`   mean_std, mean (Dr. GRPO)            token_mean
+gspo      :func:`losses.gspo`   mean_std, mean                       seq_mean_token_sum
+rloo      :func:`losses.rloo`   leave_one_out, mean                  seq_mean_token_sum
+========  ====================  ===================================  ===================
+
+Why each exists: ``pmd_mean`` is the update of Kimi K1.5/K2 that this project
+is about (the partition function replaced by the mean reward, docs/math.md §3);
+``pmd_part`` is the ideal KL step it approximates (§2), whose sample baseline
+is dominated by the best response at small ``tau``; ``grpo``, ``gspo`` and
+``rloo`` are the policy-gradient baselines it is compared with (§6).
+
+An :class:`Algorithm` computes the advantages of a whole rollout batch once
+(:meth:`Algorithm.advantages`: baselines need every response of a group, so
+they are never recomputed on a minibatch) and then the loss of any
+minibatch of it (:meth:`Algorithm.loss`). Options left at ``None`` take the
+table's default.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 
 from . import losses
-from .groups import advantages as group_advantages, grpo_advantages
+from .groups import advantages as group_advantages
 
-__all__ = ["ALGORITHMS", "Algorithm"]
+__all__ = ["ALGORITHMS", "TABLE", "Algorithm", "Entry"]
 
-ALGORITHMS = tuple(losses.LOSSES)
 
-#: Each algorithm's default baseline and aggregation.
-_DEFAULTS = {
-    "pmd_mean": ("mean", "seq_mean_token_mean"),
-    "pmd_part": ("partition", "seq_mean_token_mean"),
-    "grpo": (None, "token_mean"),
-    "gspo": (None, "seq_mean_token_sum"),
-    "rloo": ("leave_one_out", "seq_mean_token_sum"),
+@dataclass(frozen=True)
+class Entry:
+    """One row of the table: the loss, the baselines it accepts (the first is the default),
+    its default aggregation, and the :class:`Algorithm` fields it takes with their defaults."""
+
+    loss: Callable[..., losses.LossOutput]
+    baselines: tuple[str, ...]
+    aggregation: str
+    options: dict[str, object] = field(default_factory=dict)
+
+
+TABLE: dict[str, Entry] = {
+    "pmd_mean": Entry(losses.pmd, ("mean", "leave_one_out"), "seq_mean_token_mean", {"tau_scaled": False}),
+    "pmd_part": Entry(
+        losses.pmd, ("partition", "leave_one_out_partition"), "seq_mean_token_mean", {"tau_scaled": False}
+    ),
+    "grpo": Entry(losses.grpo, ("mean_std", "mean"), "token_mean", {"clip_low": 0.2, "clip_high": 0.2}),
+    "gspo": Entry(losses.gspo, ("mean_std", "mean"), "seq_mean_token_sum", {"clip_low": 3e-4, "clip_high": 4e-4}),
+    "rloo": Entry(losses.rloo, ("leave_one_out", "mean"), "seq_mean_token_sum"),
 }
+
+ALGORITHMS = tuple(TABLE)
 
 
 @dataclass(frozen=True)
@@ -36,14 +67,13 @@ class Algorithm:
     Attributes:
         name: one of ``pmd_mean``, ``pmd_part``, ``grpo``, ``gspo``, ``rloo``.
         tau: PMD's regularisation strength (``pmd_mean``, ``pmd_part``).
-        baseline: ``mean``/``leave_one_out`` (``pmd_mean``, ``rloo``),
-            ``partition``/``leave_one_out_partition`` (``pmd_part``).
-        aggregation: one of :data:`pmdlab.llm.losses.AGGREGATIONS`.
+        baseline: the group baseline (none: the table's default; see the module docstring).
+        aggregation: one of :data:`pmdlab.rl.losses.AGGREGATIONS` (none: the table's default).
         max_length: the constant of ``seq_mean_token_sum_norm``.
         tau_scaled: multiply the PMD losses by ``tau`` (the authors' code).
-        clip_low, clip_high: ratio clip range (``grpo``, ``gspo``).
-        scale_rewards: divide GRPO/GSPO advantages by the group std.
-        old_source: ``trainer`` (recomputed old log-probs) or ``sampler``.
+        clip_low, clip_high: ratio clip range (``grpo``, ``gspo``; none: the table's default).
+        old_source: ``pi_old``'s log-probs: ``trainer`` (recomputed by the trained model) or
+            ``sampler`` (the inference engine's own).
     """
 
     name: str = "pmd_mean"
@@ -54,47 +84,76 @@ class Algorithm:
     tau_scaled: bool = False
     clip_low: float | None = None
     clip_high: float | None = None
-    scale_rewards: bool = True
     old_source: str = "trainer"
 
     def __post_init__(self):
-        if self.name not in losses.LOSSES:
+        if self.name not in TABLE:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.name!r}")
+        entry = TABLE[self.name]
+        if self.baseline is not None and self.baseline not in entry.baselines:
+            raise ValueError(f"{self.name}'s baseline must be one of {entry.baselines}, got {self.baseline!r}")
         if self.aggregation is not None and self.aggregation not in losses.AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {losses.AGGREGATIONS}, got {self.aggregation!r}")
-        if self.name.startswith("pmd") and not (self.tau > 0):
+        if entry.loss is losses.pmd and not (self.tau > 0):
             raise ValueError(f"tau must be positive, got {self.tau}")
+        if self.old_source not in ("trainer", "sampler"):
+            raise ValueError(f"old_source must be 'trainer' or 'sampler', got {self.old_source!r}")
 
     @property
-    def resolved_baseline(self) -> str | None:
-        return self.baseline or _DEFAULTS[self.name][0]
+    def entry(self) -> Entry:
+        return TABLE[self.name]
+
+    @property
+    def is_pmd(self) -> bool:
+        return self.entry.loss is losses.pmd
+
+    @property
+    def resolved_baseline(self) -> str:
+        return self.baseline or self.entry.baselines[0]
 
     @property
     def resolved_aggregation(self) -> str:
-        return self.aggregation or _DEFAULTS[self.name][1]
+        return self.aggregation or self.entry.aggregation
+
+    def options(self) -> dict:
+        """The loss's own hyper-parameters: the table's defaults, overridden where set."""
+        out = {k: (v if getattr(self, k) is None else getattr(self, k)) for k, v in self.entry.options.items()}
+        if self.is_pmd:
+            out["tau"] = self.tau
+        return out
 
     def advantages(self, rewards, groups, weights=None) -> torch.Tensor:
-        """Advantages of a whole rollout batch (``A = r - b``; GRPO's normalised form)."""
-        if self.name in ("grpo", "gspo"):
-            return grpo_advantages(rewards, groups, scale=self.scale_rewards)
+        """Advantages of a whole rollout batch from its rewards and groups (docs/math.md §5–6)."""
         return group_advantages(rewards, groups, baseline=self.resolved_baseline, tau=self.tau, weights=weights)
 
     def normalizer(self, mask, weights=None) -> torch.Tensor:
-        """The loss normaliser of a (mini)batch; see :func:`pmdlab.llm.losses.loss_normalizer`."""
+        """The loss normaliser of a (mini)batch; see :func:`pmdlab.rl.losses.loss_normalizer`."""
         return losses.loss_normalizer(mask, self.resolved_aggregation, weights, self.max_length)
 
-    def loss(self, logprobs, old_logprobs, mask, advantages, *, groups=None, weights=None, normalizer=None,
-             sampler_logprobs=None) -> losses.LossOutput:  # fmt: skip
-        """The loss of a batch whose advantages were computed by :meth:`advantages`."""
-        common = dict(
-            groups=groups, aggregation=self.resolved_aggregation, weights=weights, normalizer=normalizer,
-            max_length=self.max_length, sampler_logprobs=sampler_logprobs, old_source=self.old_source,
-        )  # fmt: skip
-        fn = losses.LOSSES[self.name]
-        if self.name in ("pmd_mean", "pmd_part"):
-            return fn(logprobs, old_logprobs, mask, advantages, tau=self.tau, baseline=self.resolved_baseline,
-                      tau_scaled=self.tau_scaled, **common)  # fmt: skip
-        if self.name == "rloo":
-            return fn(logprobs, old_logprobs, mask, advantages, baseline=self.resolved_baseline, **common)
-        clip = {k: v for k, v in (("clip_low", self.clip_low), ("clip_high", self.clip_high)) if v is not None}
-        return fn(logprobs, old_logprobs, mask, advantages, scale_rewards=self.scale_rewards, **clip, **common)
+    def loss(
+        self, logprobs, old_logprobs, mask, advantages, *, groups=None, weights=None, normalizer=None
+    ) -> losses.LossOutput:
+        """The loss of a (mini)batch whose advantages came from :meth:`advantages`.
+
+        With ``groups`` (a :class:`~pmdlab.rl.groups.Groups` or ids), PMD's metrics
+        gain the implied chi^2 weight averaged over groups (docs/math.md §7).
+        """
+        out = self.entry.loss(
+            logprobs,
+            old_logprobs,
+            mask,
+            advantages,
+            aggregation=self.resolved_aggregation,
+            weights=weights,
+            normalizer=normalizer,
+            max_length=self.max_length,
+            **self.options(),
+        )
+        if groups is not None and self.is_pmd:
+            delta = losses.sequence_log_ratio(logprobs.detach(), old_logprobs, mask.to(logprobs.dtype))
+            target = torch.as_tensor(advantages).to(delta.dtype) / self.tau
+            w = None if weights is None else torch.as_tensor(weights, dtype=delta.dtype)
+            chi2 = losses.pmd_group_diagnostics(delta, target, groups, self.tau, w)["chi2_weight"]
+            out.metrics["chi2_weight"] = chi2.mean()
+        return out
+

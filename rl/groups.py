@@ -1,4 +1,4 @@
-r"""Per-prompt group baselines and advantages (pmd-math.md §5–6).
+r"""Per-prompt group baselines and advantages (docs/math.md §5–6).
 
 A rollout batch holds ``N`` responses; ``group_ids`` (``N`` integers, any
 labels, uneven group sizes allowed) says which prompt each answers. With
@@ -226,13 +226,18 @@ def grpo_advantages(rewards, groups, eps: float = 1e-6, scale: bool = True) -> t
     return torch.where(g.sizes[g.index] > 1, centred / (std[g.index] + eps), torch.zeros_like(r))
 
 
-#: Baselines by name, as the losses and trainers select them.
-BASELINES = ("mean", "leave_one_out", "partition", "leave_one_out_partition")
+#: Baselines by name, as the algorithm table selects them.
+BASELINES = ("mean", "leave_one_out", "partition", "leave_one_out_partition", "mean_std")
 
 
 def advantages(rewards, groups, baseline: str = "mean", tau=None, weights=None) -> torch.Tensor:
-    """``A_i = r_i - b_i`` for a baseline in :data:`BASELINES` (``tau`` for the partitions)."""
+    """``A_i = r_i - b_i`` for a baseline in :data:`BASELINES` (``tau`` for the partitions);
+    ``mean_std`` is GRPO's ``(r_i - mean) / (std + eps)``."""
     r = _rewards(rewards)
+    if baseline == "mean_std":
+        if weights is not None:
+            raise ValueError("baseline='mean_std' takes no weights")
+        return grpo_advantages(r, groups)
     if baseline == "mean":
         b = mean_baseline(r, groups, weights)
     elif baseline == "leave_one_out":

@@ -8,7 +8,7 @@ with the group (prompt) each answers. A policy is anything with
 * ``log_probs(rollout) -> Tensor (B, T)``: ``log pi_theta`` of the rollout's
   tokens, differentiable in the policy's parameters.
 
-so the update loop above the losses (:mod:`pmdlab.llm.update`) does not
+so the update loop above the losses (:mod:`pmdlab.rl.update`) does not
 care whether it drives a softmax over a finite response set or a language
 model.
 """
@@ -54,6 +54,24 @@ class Rollout:
 
         values = {f.name: pick(getattr(self, f.name)) for f in fields(self) if f.name != "extras"}
         return Rollout(**values, extras={k: v[index] for k, v in self.extras.items()})
+
+    def to_dict(self) -> dict:
+        """Every field by name (for ``torch.save``); :meth:`from_dict` inverts it."""
+        return {f.name: dict(self.extras) if f.name == "extras" else getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict, device=None) -> "Rollout":
+        """The rollout of :meth:`to_dict`, its tensors moved to ``device`` (if given)."""
+
+        def move(x):
+            return x.to(device) if isinstance(x, torch.Tensor) and device is not None else x
+
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"rollout data has unknown fields {sorted(unknown)}")
+        values = {k: move(v) for k, v in data.items() if k != "extras"}
+        return cls(**values, extras={k: move(v) for k, v in data.get("extras", {}).items()})
 
 
 class Policy(Protocol):

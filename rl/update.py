@@ -1,10 +1,11 @@
 """The off-policy update shared by the bandit simulator and the LLM trainer.
 
-One rollout batch from ``pi_old`` feeds ``m`` optimiser steps (pmd-math.md §5):
+One rollout batch from ``pi_old`` feeds ``m`` optimiser steps (docs/math.md §5):
 
 1. advantages of the whole batch, once (:meth:`Algorithm.advantages`);
-2. ``pi_old``'s log-probs, recomputed once under ``no_grad`` by the policy
-   being trained (or the sampler's, per the algorithm's ``old_source``);
+2. ``pi_old``'s log-probs: the sampler's own (``old_source="sampler"``), or
+   recomputed once under ``no_grad`` by the policy being trained; when both
+   exist their per-token mismatch is logged (``sampler_abs_diff``, ``sampler_kl_k3``);
 3. the batch is shuffled into ``m`` minibatches, by group (all responses to
    a prompt together, the default) or by response, ``epochs`` times over;
 4. per minibatch: the loss of each micro-batch with the minibatch's
@@ -15,7 +16,7 @@ A non-finite loss or gradient norm skips that optimiser step and is counted
 (``skipped_steps``); the caller decides when too many in a row stop a run.
 
 **Data parallel.** Each rank passes its shard of the batch (whole groups)
-and ``all_reduce`` (a sum over ranks, :func:`pmdlab.llm.distributed.all_reduce_sum`).
+and ``all_reduce`` (a sum over ranks, e.g. ``torch.distributed.all_reduce``).
 The minibatch normaliser and the loss are then global sums, each rank's
 loss is its share of the global loss, and with gradients summed over ranks
 (``loss_scale = world size`` undoes DDP's and FSDP's averaging) every rank
@@ -30,6 +31,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from . import losses
 from .algorithms import Algorithm
 from .groups import Groups
 from .rollout import Rollout
@@ -111,14 +113,16 @@ def policy_update(
     groups = Groups.from_ids(rollout.group_ids)
     if advantages is None:
         advantages = algorithm.advantages(rollout.rewards, groups, weights)
-    # The sampler's log-probs go to the loss where it uses them, or to compare them with
-    # the trainer's (not when they are the same tensor).
-    pass_sampler = rollout.sampler_logprobs is not None and (
-        algorithm.old_source == "sampler" or old_logprobs is not rollout.sampler_logprobs
-    )
-    if old_logprobs is None:
+    sampler = rollout.sampler_logprobs
+    trainer = old_logprobs
+    if algorithm.old_source == "sampler":
+        if sampler is None:
+            raise ValueError("old_source='sampler' needs a rollout with sampler_logprobs")
+        old_logprobs = sampler  # the trainer's, if given, serve only to compare
+    elif old_logprobs is None:
         with torch.no_grad():
-            old_logprobs = log_probs(rollout)
+            old_logprobs = trainer = log_probs(rollout)
+    compare = sampler is not None and trainer is not None and trainer is not sampler
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     if max_grad_norm is not None and parameters is None:
@@ -139,11 +143,17 @@ def policy_update(
             micro = sub if micro_batches is None else sub.select(part)
             groups_mb = Groups.from_ids(micro.group_ids) if group_diagnostics else None
             out = algorithm.loss(
-                log_probs(micro), old_logprobs[index][part], micro.mask, advantages[index][part],
+                log_probs(micro),
+                old_logprobs[index][part],
+                micro.mask,
+                advantages[index][part],
                 groups=groups_mb,
-                weights=None if w is None else w[part], normalizer=normalizer,
-                sampler_logprobs=micro.sampler_logprobs if pass_sampler else None,
-            )  # fmt: skip
+                weights=None if w is None else w[part],
+                normalizer=normalizer,
+            )
+            if compare:
+                mask = micro.mask.to(old_logprobs.dtype)
+                out.metrics.update(losses.sampler_mismatch(trainer[index][part], sampler[index][part], mask))
             quiet = no_sync is not None and number < len(parts) - 1
             with no_sync() if quiet else contextlib.nullcontext():
                 (out.loss * loss_scale if loss_scale != 1.0 else out.loss).backward()

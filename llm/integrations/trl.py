@@ -11,12 +11,12 @@ functions, logging, checkpoints, ``accelerate`` and DeepSpeed/FSDP. Two
 steps change:
 
 * **Advantages.** After TRL scores a generation batch, and before it
-  shuffles the rows, the group baseline of :func:`pmdlab.llm.groups.advantages`
+  shuffles the rows, the group baseline of :func:`pmdlab.rl.groups.advantages`
   (mean, leave-one-out, partition ``tau log mean e^{r/tau}``, ...) is taken
   over each prompt's ``num_generations`` completions of the raw weighted
   rewards, gathered over all processes; TRL's mean/std normalisation is not
   used (PMD's targets are ``A / tau`` in reward units).
-* **Loss.** :func:`pmdlab.llm.losses.pmd_mean` (or ``pmd_part``) of TRL's
+* **Loss.** :func:`pmdlab.rl.losses.pmd` (PMD-mean or PMD-part by the baseline) of TRL's
   token log-probs (at TRL's temperature), the old log-probs TRL keeps
   (``num_iterations > 1`` or off-policy steps; otherwise the current ones,
   detached, so ``Delta = 0`` and the gradient is ``-(A/tau) grad log pi``),
@@ -36,15 +36,15 @@ from dataclasses import dataclass, field
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from ..algorithms import Algorithm
-from ..groups import Groups
+from pmdlab.rl.algorithms import Algorithm
+from pmdlab.rl.groups import Groups
 
 __all__ = ["PMDConfig", "PMDTrainer"]
 
 
 @dataclass
 class PMDConfig(GRPOConfig):
-    """``GRPOConfig`` plus the PMD loss and its options (:class:`pmdlab.llm.algorithms.Algorithm`)."""
+    """``GRPOConfig`` plus the PMD loss and its options (:class:`pmdlab.rl.algorithms.Algorithm`)."""
 
     pmd_loss: str = field(default="pmd_mean", metadata={"help": "pmd_mean or pmd_part."})
     pmd_tau: float = field(default=1.0, metadata={"help": "PMD's tau: the regression target is A / tau."})

@@ -12,7 +12,7 @@ which registers
 
 ``tau`` is read from ``PMDLAB_TAU`` (default 1) in every process, so the
 driver's advantages and the workers' losses agree. Each function converts
-verl's tensors and calls :mod:`pmdlab.llm.losses` or :mod:`pmdlab.llm.groups`.
+verl's tensors and calls :mod:`pmdlab.rl.losses` or :mod:`pmdlab.rl.groups`.
 
 Two things the paper's verl code gets wrong are right here: the loss is
 normalised by the *global* batch (verl's ``global_batch_info``: sequences
@@ -29,8 +29,8 @@ import os
 import numpy as np
 import torch
 
-from .. import losses
-from ..groups import Groups, advantages as group_advantages
+from pmdlab.rl import losses
+from pmdlab.rl.groups import Groups, advantages as group_advantages
 
 __all__ = ["advantage_estimator", "policy_loss", "register", "tau"]
 
@@ -80,10 +80,10 @@ def _normalizer(aggregation: str, info: dict, mask: torch.Tensor) -> tuple[torch
 
 
 def policy_loss(name: str):
-    """A verl policy loss (verl's ``PolicyLossFn`` signature) computing ``pmdlab.llm.losses.<name>``."""
+    """A verl policy loss (verl's ``PolicyLossFn`` signature) computing :func:`pmdlab.rl.losses.pmd`
+    (PMD-mean and PMD-part share the loss; verl's advantage estimator supplies the baseline)."""
     if name not in ("pmd_mean", "pmd_part"):
         raise ValueError(f"name must be pmd_mean or pmd_part, got {name!r}")
-    fn = losses.LOSSES[name]
 
     def loss(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="seq-mean-token-mean",
              config=None, rollout_is_weights=None):  # fmt: skip
@@ -99,12 +99,12 @@ def policy_loss(name: str):
         seq_adv = (advantages * mask).sum(-1) / lengths  # verl broadcasts the outcome advantage over tokens
         aggregation = AGGREGATION[loss_agg_mode]
         normalizer, max_length = _normalizer(aggregation, _info(config), mask)
-        out = fn(log_prob, old_log_prob, mask, seq_adv, tau=tau(), aggregation=aggregation, normalizer=normalizer,
+        out = losses.pmd(log_prob, old_log_prob, mask, seq_adv, tau=tau(), aggregation=aggregation, normalizer=normalizer,
                  max_length=max_length)  # fmt: skip
         return out.loss, {f"actor/pmd_{k}": float(v) for k, v in out.metrics.items()}
 
     loss.__name__ = f"{name}_verl_policy_loss"
-    loss.__doc__ = f"verl policy loss: :func:`pmdlab.llm.losses.{name}` with verl's global batch normalisation."
+    loss.__doc__ = f"verl policy loss {name}: :func:`pmdlab.rl.losses.pmd` with verl's global batch normalisation."
     return loss
 
 

@@ -13,7 +13,7 @@ from pmdlab.bandit import BanditConfig, LogLinearPolicy, TabularPolicy, TaskConf
 from pmdlab.bandit.optim import RowAdam
 from pmdlab.bandit.policies import sample_rows
 from pmdlab.bandit.task import parse_difficulty
-from pmdlab.llm import Algorithm, policy_update
+from pmdlab.rl import Algorithm, policy_update
 
 
 # ---------------------------------------------------------------------------- task

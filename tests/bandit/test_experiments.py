@@ -10,7 +10,7 @@ from scipy.optimize import minimize_scalar
 
 from pmdlab.bandit import BanditConfig, TaskConfig
 from pmdlab.bandit.experiments import one_step_success, sample_targets, target_error, training_dynamics
-from pmdlab.llm import Algorithm
+from pmdlab.rl import Algorithm
 from pmdlab.theory import pmd_mean_step, pmd_part_step
 
 

@@ -22,9 +22,10 @@ import sys
 import torch
 import torch.distributed as dist
 
-from pmdlab.llm import Algorithm, distributed
+from pmdlab.llm import distributed
+from pmdlab.rl import Algorithm
 from pmdlab.llm.policy import LMPolicy, SamplingConfig
-from pmdlab.llm.update import policy_update
+from pmdlab.rl.update import policy_update
 from pmdlab.llm.tiny import TinyModelConfig, build_model, build_tokenizer
 
 
@@ -98,13 +99,13 @@ def trainer(out_path: str, run_dir: str, cache: str, strategy: str, mode: str = 
     """``straight``: 2 steps; ``killed``: dies after the checkpoint of step 1; ``resume``: finishes it."""
     import dataclasses
 
-    from pmdlab.llm.train import TrainConfig, Trainer
+    from pmdlab.llm.train import TaskConfig, TrainConfig, Trainer
     from pmdlab.llm.warmstart import WarmStartConfig
 
     torch.set_num_threads(1)
     config = TrainConfig(
         tiny=TinyModelConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, max_positions=32),
-        warmstart=WarmStartConfig(steps=100, batch_size=32, cache_dir=cache), terms=2, eval_size=4, eval_k=2,
+        warmstart=WarmStartConfig(steps=100, batch_size=32, cache_dir=cache), task=TaskConfig(terms=2), eval_size=4, eval_k=2,
         eval_every=2, steps=2, prompts=4, n=4, minibatches=2, sampling=SamplingConfig(max_new_tokens=3),
         out=run_dir, progress=False, save_every=1, parallel=strategy, token_budget=24,
     )  # fmt: skip

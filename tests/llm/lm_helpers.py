@@ -2,11 +2,47 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import torch
 
 from pmdlab.llm.tiny import TinyModelConfig, build_model, build_tokenizer
 
 SMALL = TinyModelConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, max_positions=32, seed=0)
+
+#: One warm-start cache for every trainer test of a session (the tiny model is trained once).
+_CACHE = tempfile.TemporaryDirectory(prefix="pmdlab-test-warm-start-")
+
+
+def small_config(tmp_path, **overrides):
+    """A trainer configuration that runs in seconds: the small tiny model, 4 prompts x 4, 4 steps."""
+    from pmdlab.llm.policy import SamplingConfig
+    from pmdlab.llm.train import TaskConfig, TrainConfig
+    from pmdlab.llm.warmstart import WarmStartConfig
+
+    base = dict(
+        tiny=SMALL,
+        warmstart=WarmStartConfig(steps=150, batch_size=32, lr=3e-3, cache_dir=_CACHE.name),
+        task=TaskConfig(terms=2),
+        eval_size=4,
+        eval_k=2,
+        eval_every=2,
+        steps=4,
+        prompts=4,
+        n=4,
+        minibatches=2,
+        sampling=SamplingConfig(max_new_tokens=3),
+        lr=1e-3,
+        out=str(tmp_path / "run"),
+        progress=False,
+        save_every=2,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def weights(trainer):
+    return {k: v.detach().clone() for k, v in trainer.policy.model.state_dict().items()}
 
 
 def tiny_lm(config: TinyModelConfig = SMALL):

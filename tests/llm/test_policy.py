@@ -103,7 +103,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         return [p.grad.clone() for p in model.parameters()]
 
     plain = grads()
-    from pmdlab.llm.train import enable_activation_checkpointing
+    from pmdlab.llm.build import enable_activation_checkpointing
 
     enable_activation_checkpointing(model)
     assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing

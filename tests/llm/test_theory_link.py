@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from pmdlab.llm.algorithms import Algorithm
-from pmdlab.llm.groups import Groups
+from pmdlab.rl.algorithms import Algorithm
+from pmdlab.rl.groups import Groups
 from pmdlab.llm.policy import LMPolicy
-from pmdlab.llm.rollout import Rollout
+from pmdlab.rl.rollout import Rollout
 from pmdlab.theory import pmd_mean, pmd_part
 
 from .lm_helpers import single_token_lm

@@ -7,34 +7,12 @@ import pytest
 import torch
 
 from pmdlab.llm import metrics_log
-from pmdlab.llm.algorithms import Algorithm
-from pmdlab.llm.losses import LossOutput
-from pmdlab.llm.policy import SamplingConfig
-from pmdlab.llm.train import NonFiniteError, TrainConfig, Trainer, main
-from pmdlab.llm.warmstart import WarmStartConfig
+from pmdlab.llm.train import NonFiniteError, TaskConfig, TrainConfig, Trainer, main
+from pmdlab.rl.algorithms import Algorithm
+from pmdlab.rl.config import update
+from pmdlab.rl.losses import LossOutput
 
-from .lm_helpers import SMALL, save_tiny
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _shared_warm_start_cache(tmp_path_factory):
-    global CACHE
-    CACHE = str(tmp_path_factory.mktemp("warm-start-cache"))
-
-
-def small_config(tmp_path, **overrides) -> TrainConfig:
-    base = dict(
-        tiny=SMALL, warmstart=WarmStartConfig(steps=150, batch_size=32, lr=3e-3, cache_dir=CACHE),
-        terms=2, eval_size=4, eval_k=2, eval_every=2, steps=4, prompts=4, n=4, minibatches=2,
-        sampling=SamplingConfig(max_new_tokens=3), lr=1e-3, out=str(tmp_path / "run"), progress=False,
-        save_every=2,
-    )  # fmt: skip
-    base.update(overrides)
-    return TrainConfig(**base)
-
-
-def weights(trainer):
-    return {k: v.detach().clone() for k, v in trainer.policy.model.state_dict().items()}
+from .lm_helpers import SMALL, save_tiny, small_config, weights
 
 
 def test_a_step_changes_the_parameters_and_logs_every_panel(tmp_path):
@@ -53,7 +31,7 @@ def test_a_step_changes_the_parameters_and_logs_every_panel(tmp_path):
                 "perf/rollout_tokens_per_s", "perf/update_tokens_per_s", "loss/optimizer_steps"):  # fmt: skip
         assert key in step, key
     assert step["loss/optimizer_steps"] == 2
-    assert 0 <= step["train/reward"] <= 1 and step["train/response_length"] > 0
+    assert 1 <= step["train/response_length"] <= 3  # generation stops at sampling.max_new_tokens
     assert (tmp_path / "run" / "step-000004" / "model" / "model.safetensors").is_file()
 
 
@@ -129,36 +107,61 @@ def test_non_finite_losses_skip_updates_and_stop_the_run(tmp_path):
 
 
 def test_a_model_folder_loads_by_path(tmp_path):
+    from transformers import AutoModelForCausalLM
+
     path = save_tiny(tmp_path / "model")
+    saved = AutoModelForCausalLM.from_pretrained(path).state_dict()
     trainer = Trainer(small_config(tmp_path, model=str(path), steps=1, eval_every=0))
     assert trainer.policy.model.config.hidden_size == SMALL.hidden_size
-    trainer.run()
+    loaded = weights(trainer)
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
+    (record,) = trainer.run()
+    assert record["loss/optimizer_steps"] == 2  # the untrained model scores 0: its update is a no-op
 
+def test_jsonl_data_trains_with_math_verify_rewards(tmp_path, monkeypatch):
+    """The logged reward is the share of completions that math-verify, called here directly,
+    accepts against the reference answer."""
+    from math_verify import parse, verify
 
-def test_jsonl_data_trains_with_math_verify_rewards(tmp_path):
+    from pmdlab.llm.tasks import MathDataset, Problem
+
     rows = [{"id": str(i), "problem": f"{i}+1", "answer": str(i + 1)} for i in range(8)]
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = save_tiny(tmp_path / "model")
-    config = small_config(tmp_path, model=str(path), data=str(data), eval_data=str(data), template="{problem}=",
-                          steps=1, eval_every=1, eval_size=4)  # fmt: skip
+    seen = []
+    real = MathDataset.is_correct
+
+    def recording(self, completion, problem):
+        seen.append((completion, problem.answer))
+        return real(self, completion, problem)
+
+    monkeypatch.setattr(MathDataset, "is_correct", recording)
+    task = TaskConfig(data=str(data), eval_data=str(data), template="{problem}=")
+    config = small_config(tmp_path, model=str(path), task=task, steps=1, eval_every=0, eval_size=4)
     records = Trainer(config).run()
-    assert records[-1]["eval/avg@k"] >= 0 and "train/reward" in records[-1]
+    assert len(seen) == 4 * 4  # prompts x n, each scored once
+    # The scorer the trainer uses accepts a right answer and rejects a wrong one.
+    scorer = MathDataset(str(data), str(data))
+    assert real(scorer, "the sum is 9", Problem("8", "8+1=", "9"))
+    assert not real(scorer, "the sum is 10", Problem("8", "8+1=", "9"))
+    expected = sum(bool(verify(parse(f"${a}$"), parse(c))) for c, a in seen) / len(seen)
+    assert records[-1]["train/reward"] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [({"steps": 0}, "steps must be at least 1"),
      ({"model": "/no/such/model"}, "not a folder"),
-     ({"eval_data": "math500"}, "eval_data applies to jsonl data"),
+     ({"task.eval_data": "math500"}, "eval_data applies to jsonl data"),
      ({"minibatches": 9}, "minibatches"),
      ({"dtype": "int8"}, "dtype"),
-     ({"reward_values": "ternary"}, "reward_values"),
+     ({"task.reward_values": "ternary"}, "task.reward_values"),
      ({"lr": -1.0}, "lr must be positive")],
 )  # fmt: skip
 def test_bad_settings_are_named(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
-        Trainer(small_config(tmp_path, **overrides))
+        Trainer(update(small_config(tmp_path), overrides))
 
 
 def test_resume_without_a_checkpoint_and_reusing_a_run_folder_are_errors(tmp_path):

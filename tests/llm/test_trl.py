@@ -12,7 +12,8 @@ import torch  # noqa: E402
 trl = pytest.importorskip("trl", reason="TRL is not installed (pip install -e '.[trl]')")
 datasets = pytest.importorskip("datasets", reason="datasets is not installed (pip install -e '.[trl]')")
 
-from pmdlab.llm import losses  # noqa: E402
+from pmdlab.rl import losses  # noqa: E402
+from pmdlab.rl.groups import advantages  # noqa: E402
 from pmdlab.llm.integrations.trl import PMDConfig, PMDTrainer  # noqa: E402
 
 from .lm_helpers import save_tiny  # noqa: E402
@@ -66,8 +67,8 @@ def test_pmd_mean_trains_inside_trl_and_reports_pmdlabs_loss(tmp_path):
     for row, batch in zip(logged, trainer.seen):
         mask = batch["completion_mask"].double()
         zeros = torch.zeros_like(mask)  # one iteration per batch: pi_old is the current policy, Delta = 0
-        ours = losses.pmd_mean(zeros, zeros, mask, rewards=batch["pmd_rewards"], groups=batch["pmd_group_ids"],
-                               tau=TAU).loss  # fmt: skip
+        adv = advantages(batch["pmd_rewards"], batch["pmd_group_ids"], "mean")
+        ours = losses.pmd(zeros, zeros, mask, adv, tau=TAU).loss
         # Independently: the mean-baseline advantage per group, 1/2 (A/tau)^2 per sequence over its length.
         r, g = batch["pmd_rewards"].numpy(), batch["pmd_group_ids"].numpy()
         a = r - np.array([r[g == x].mean() for x in g])

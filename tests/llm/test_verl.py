@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pmdlab.llm import losses
+from pmdlab.rl import losses
 from pmdlab.llm.integrations import verl as pv
 
 MODES = tuple(pv.AGGREGATION)
@@ -39,8 +39,8 @@ def test_one_process_loss_is_pmdlabs(name, mode):
     old, new, seq_adv, mask = batch()
     token_adv = seq_adv[:, None] * mask  # verl broadcasts the outcome advantage over the response
     got, metrics = pv.policy_loss(name)(old, new, token_adv, mask, mode, config=None)
-    ref = losses.LOSSES[name](new, old, mask.double(), seq_adv, tau=0.5, aggregation=pv.AGGREGATION[mode],
-                              max_length=mask.shape[1]).loss  # fmt: skip
+    ref = losses.pmd(new, old, mask.double(), seq_adv, tau=0.5, aggregation=pv.AGGREGATION[mode],
+                     max_length=mask.shape[1]).loss
     assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
     assert "actor/pmd_target_mean" in metrics and "actor/pmd_frac_above_target" in metrics
 
@@ -131,9 +131,14 @@ def test_verl_finds_the_registered_losses_by_name():
     fn = core_algos.get_policy_loss_fn("pmd_mean")
     got, _ = fn(old_log_prob=old, log_prob=new, advantages=seq_adv[:, None] * mask, response_mask=mask,
                 loss_agg_mode="seq-mean-token-mean", config=None, rollout_is_weights=None)  # fmt: skip
-    ref = losses.pmd_mean(new, old, mask.double(), seq_adv, tau=0.5).loss
+    ref = losses.pmd(new, old, mask.double(), seq_adv, tau=0.5).loss
     assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
-    assert core_algos.get_adv_estimator_fn("pmd_loo_partition") is not None
+    rewards = torch.zeros(mask.shape, dtype=torch.float64)
+    rewards[:, -1] = torch.arange(mask.shape[0], dtype=rewards.dtype) % 3
+    index = [str(i // 2) for i in range(mask.shape[0])]
+    found, _ = core_algos.get_adv_estimator_fn("pmd_loo_partition")(rewards, mask, index=index)
+    want, _ = pv.advantage_estimator("pmd_loo_partition")(rewards, mask, index=index)
+    torch.testing.assert_close(found, want)
 
 
 def test_import_verl_alone_registers_the_losses_through_the_plugin_entry_point():

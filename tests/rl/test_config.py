@@ -6,7 +6,7 @@ import pytest
 
 from pmdlab.bandit import BanditConfig
 from pmdlab.bandit.__main__ import CompareConfig, main
-from pmdlab.llm.config import describe, parse, to_dict
+from pmdlab.rl.config import describe, parse, to_dict
 
 
 def test_dotted_overrides_reach_nested_fields_with_their_types():

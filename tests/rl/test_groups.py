@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy.special import logsumexp
 
-from pmdlab.llm.groups import (
+from pmdlab.rl.groups import (
     Groups,
     advantages,
     grpo_advantages,
@@ -123,9 +123,6 @@ def test_grpo_advantages_use_the_unbiased_std(batch):
 def test_weighted_baselines_are_expectations(batch, tau, seed):
     r, ids = batch
     w = torch.tensor(np.random.default_rng(seed).uniform(0.1, 1.0, r.numel()), dtype=torch.float64)
-
-    def wmean(v, j, idx_w):
-        return np.sum(idx_w * v) / np.sum(idx_w)
 
     rn, idn, wn = r.numpy(), ids.numpy(), w.numpy()
     ref_mean = np.empty_like(rn)

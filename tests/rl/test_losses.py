@@ -9,9 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pmdlab import theory
-from pmdlab.llm import losses
-from pmdlab.llm.groups import Groups, advantages, grpo_advantages
-
+from pmdlab.rl import ALGORITHMS, TABLE, Algorithm, losses
+from pmdlab.rl.groups import advantages
 
 
 @pytest.fixture(autouse=True)
@@ -58,12 +57,12 @@ def _minimise_exact(loss_name, pi, r, tau, baseline):
     adv = advantages(rewards, groups, baseline, tau=tau, weights=weights)
     theta = torch.log(torch.tensor(pi)).clone().requires_grad_(True)
     mask = torch.ones(p * k, 1)
-    fn = losses.LOSSES[loss_name]
+    fn = TABLE[loss_name].loss
 
     def closure():
         opt.zero_grad()
         logp = torch.log_softmax(theta, dim=1).reshape(-1, 1)
-        loss = fn(logp, old, mask, adv, tau=tau, weights=weights, groups=groups).loss
+        loss = fn(logp, old, mask, adv, tau=tau, weights=weights).loss
         loss.backward()
         return loss
 
@@ -71,7 +70,7 @@ def _minimise_exact(loss_name, pi, r, tau, baseline):
                             history_size=50, line_search_fn="strong_wolfe")  # fmt: skip
     opt.step(closure)
     logp = torch.log_softmax(theta.detach(), dim=1)
-    out = fn(logp.reshape(-1, 1), old, mask, adv, tau=tau, weights=weights, groups=groups)
+    out = fn(logp.reshape(-1, 1), old, mask, adv, tau=tau, weights=weights)
     return torch.exp(logp).numpy(), out, (logp.reshape(-1, 1) - old).reshape(-1), adv / tau, groups
 
 
@@ -85,7 +84,7 @@ def test_pmd_mean_loss_minimiser_is_the_exact_update(problem):
     # The implied chi^2 weight read off the achieved log-ratios is the exact beta.
     beta = losses.pmd_group_diagnostics(delta, target, groups, tau, torch.tensor(pi).reshape(-1))["chi2_weight"]
     np.testing.assert_allclose(beta.numpy(), exact.chi2_weight, rtol=1e-5, atol=1e-8)
-    # ... and no response ends above its target (pmd-math.md §3, identity 2).
+    # ... and no response ends above its target (docs/math.md §3, identity 2).
     assert out.metrics["frac_above_target"] == 0.0
 
 
@@ -144,7 +143,7 @@ def test_pmd_gradient_at_pi_old_is_reinforce_with_target(aggregation, tau_scaled
     scale = tau if tau_scaled else 1.0
 
     def loss(w):
-        return losses.pmd_mean(logprobs(w), old, mask, adv, tau=tau, aggregation=aggregation, tau_scaled=tau_scaled).loss
+        return losses.pmd(logprobs(w), old, mask, adv, tau=tau, aggregation=aggregation, tau_scaled=tau_scaled).loss
 
     def expected_objective(w):
         return -scale * (c * adv / tau * (logprobs(w) * mask).sum(1)).sum() / d
@@ -170,7 +169,7 @@ def test_policy_gradient_losses_at_pi_old(name):
         c = c / mask.sum(1)
 
     def loss(w):
-        return losses.LOSSES[name](logprobs(w), old, mask, adv, aggregation=agg).loss
+        return TABLE[name].loss(logprobs(w), old, mask, adv, aggregation=agg).loss
 
     w = w0.clone().requires_grad_(True)
     (got,) = torch.autograd.grad(loss(w), w)
@@ -192,7 +191,7 @@ def test_a_sequence_at_its_target_contributes_no_gradient(name):
     def grad_of(i):
         w = w0.clone().requires_grad_(True)
         sel = torch.tensor([i])
-        out = losses.LOSSES[name](logprobs(w)[sel], old[sel], mask[sel], adv[sel], tau=tau)
+        out = TABLE[name].loss(logprobs(w)[sel], old[sel], mask[sel], adv[sel], tau=tau)
         return torch.autograd.grad(out.loss, w)[0]
 
     assert grad_of(0).abs().max() < 1e-13
@@ -223,7 +222,7 @@ def test_gspo_on_one_token_responses_is_grpo(b, seed, clip_low, clip_high):
 
 @settings(deadline=None)
 @given(
-    st.sampled_from(list(losses.LOSSES)),
+    st.sampled_from(ALGORITHMS),
     st.sampled_from(AGGS),
     st.lists(st.integers(1, 11), min_size=1, max_size=4),
     st.booleans(),
@@ -241,11 +240,11 @@ def test_micro_batch_split_leaves_loss_and_gradient_unchanged(name, aggregation,
     rewards = (torch.rand(b, generator=g) < 0.5).double()
     groups = torch.arange(b) // 4
     weights = torch.rand(b, generator=g) + 0.5 if weighted else None
-    kw = {"tau": 0.4} if name.startswith("pmd") else {}
-    adv = grpo_advantages(rewards, groups) if name in ("grpo", "gspo") else advantages(
-        rewards, groups, {"pmd_mean": "mean", "pmd_part": "partition", "rloo": "leave_one_out"}[name], tau=0.4)
+    algorithm = Algorithm(name, tau=0.4)
+    kw = algorithm.options()
+    adv = algorithm.advantages(rewards, groups)
     norm = losses.loss_normalizer(mask, aggregation, weights)
-    fn = losses.LOSSES[name]
+    fn = TABLE[name].loss
 
     full_x = base.clone().requires_grad_(True)
     full = fn(full_x, old, mask, adv, aggregation=aggregation, weights=weights, **kw).loss
@@ -291,27 +290,13 @@ def test_sample_targets_converge_to_population_targets(baseline):
 # ------------------------------------------------------------------------ options
 
 
-def test_old_source_sampler_uses_the_sampler_log_probs():
-    logprobs, w0, mask = _token_model()
-    lp = logprobs(w0)
-    trainer_old = lp.detach() + 0.05
-    sampler_old = lp.detach() - 0.1
-    adv = torch.tensor([0.7, -0.2, 0.4, -0.9, 0.3])
-    a = losses.pmd_mean(lp, trainer_old, mask, adv, tau=0.5, sampler_logprobs=sampler_old, old_source="sampler")
-    b = losses.pmd_mean(lp, sampler_old, mask, adv, tau=0.5)
-    torch.testing.assert_close(a.loss, b.loss)
-    assert a.metrics["sampler_abs_diff"] == pytest.approx(0.15)
-    with pytest.raises(ValueError, match="sampler_logprobs"):
-        losses.pmd_mean(lp, trainer_old, mask, adv, tau=0.5, old_source="sampler")
-
-
 def test_tau_scaled_multiplies_by_tau():
     logprobs, w0, mask = _token_model()
     lp = logprobs(w0)
     old = lp.detach() + 0.1
     adv = torch.tensor([0.7, -0.2, 0.4, -0.9, 0.3])
-    a = losses.pmd_mean(lp, old, mask, adv, tau=0.25, tau_scaled=True).loss
-    b = losses.pmd_mean(lp, old, mask, adv, tau=0.25).loss
+    a = losses.pmd(lp, old, mask, adv, tau=0.25, tau_scaled=True).loss
+    b = losses.pmd(lp, old, mask, adv, tau=0.25).loss
     torch.testing.assert_close(a, 0.25 * b)
 
 
@@ -325,21 +310,42 @@ def test_diagnostics_on_a_constructed_batch():
     assert float(g.metrics["clip_frac"]) == 0.5  # ratio 1.5 > 1.2 with A > 0 is clipped; 0.5 is not
     assert float(g.metrics["kl_k1"]) == pytest.approx(-(math.log(1.5) + math.log(0.5)) / 2)
     assert float(g.metrics["kl_k3"]) == pytest.approx(((0.5 - math.log(1.5)) + (-0.5 - math.log(0.5))) / 2)
-    m = losses.pmd_mean(lp, old, mask, torch.tensor([0.2, -0.2]), tau=0.5)  # targets 0.4, -0.4
+    m = losses.pmd(lp, old, mask, torch.tensor([0.2, -0.2]), tau=0.5)  # targets 0.4, -0.4
     assert float(m.metrics["target_mean"]) == pytest.approx(0.0)
     assert float(m.metrics["frac_above_target"]) == 0.5  # log 1.5 > 0.4; log 0.5 < -0.4
     assert float(m.metrics["frac_past_target"]) == 1.0  # both moved beyond, in the target's direction
 
 
 def test_pmd_mean_leave_one_out_baseline():
+    """The algorithm's leave-one-out advantages are ``n/(n-1) (r_i - mean)``, and its loss is
+    :func:`losses.pmd` of them."""
     logprobs, w0, mask = _token_model(b=4)
     lp = logprobs(w0)
     r = torch.tensor([1.0, 0.0, 0.0, 1.0])
     groups = torch.tensor([0, 0, 0, 0])
-    a = losses.pmd_mean(lp, lp.detach() + 0.1, mask, rewards=r, groups=groups, tau=0.5, baseline="leave_one_out")
-    adv = 4 / 3 * (r - r.mean())
-    b = losses.pmd_mean(lp, lp.detach() + 0.1, mask, adv, tau=0.5)
+    algorithm = Algorithm("pmd_mean", tau=0.5, baseline="leave_one_out")
+    adv = algorithm.advantages(r, groups)
+    torch.testing.assert_close(adv, 4 / 3 * (r - r.mean()))
+    a = algorithm.loss(lp, lp.detach() + 0.1, mask, adv)
+    b = losses.pmd(lp, lp.detach() + 0.1, mask, 4 / 3 * (r - r.mean()), tau=0.5)
     torch.testing.assert_close(a.loss, b.loss)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_the_table_passes_each_loss_its_own_options(name):
+    """Every option the table names reaches the loss: a changed option changes the loss."""
+    logprobs, w0, mask = _token_model()
+    lp = logprobs(w0)
+    adv = torch.tensor([0.7, -0.2, 0.4, -0.9, 0.3])
+    old = lp.detach() - 0.5 * torch.sign(adv)[:, None]  # ratios e^{+-1/2}: both clips are active
+    base = Algorithm(name, tau=0.5)
+    for option, default in TABLE[name].options.items():
+        changed = (not default) if isinstance(default, bool) else (0.5 if default < 0.1 else 0.01)
+        other = Algorithm(name, tau=0.5, **{option: changed})
+        assert float(other.loss(lp, old, mask, adv).loss) != pytest.approx(float(base.loss(lp, old, mask, adv).loss))
+    if base.is_pmd:
+        other = Algorithm(name, tau=0.25)
+        assert float(other.loss(lp, old, mask, adv).loss) != pytest.approx(float(base.loss(lp, old, mask, adv).loss))
 
 
 # ------------------------------------------------------------------------ bad input
@@ -354,13 +360,10 @@ def _batch():
     "kwargs, match",
     [
         (dict(advantages=torch.tensor([0.1, float("nan"), 0.0])), r"advantages\[1\]"),
-        (dict(rewards=torch.tensor([1.0, float("inf"), 0.0]), groups=torch.tensor([0, 0, 0])), r"rewards\[1\]"),
         (dict(advantages=torch.tensor([0.1, 0.2])), "advantages has shape"),
-        (dict(rewards=torch.tensor([1.0, 0.0, 1.0]), groups=torch.tensor([0, 0])), "group_ids has 2"),
         (dict(advantages=torch.zeros(3), tau=0.0), "tau must be positive"),
         (dict(advantages=torch.zeros(3), tau=-1.0), "tau must be positive"),
         (dict(advantages=torch.zeros(3), aggregation="mean"), "aggregation must be one of"),
-        (dict(), "pass advantages, or rewards together with groups"),
         (dict(advantages=torch.zeros(3), weights=torch.ones(2)), "weights has shape"),
     ],
 )
@@ -368,7 +371,28 @@ def test_bad_input_names_the_argument(kwargs, match):
     lp, old, mask = _batch()
     kwargs = {"tau": 0.5, **kwargs}
     with pytest.raises(ValueError, match=match):
-        losses.pmd_mean(lp, old, mask, **kwargs)
+        losses.pmd(lp, old, mask, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "rewards, groups, match",
+    [
+        (torch.tensor([1.0, float("inf"), 0.0]), torch.tensor([0, 0, 0]), r"rewards\[1\]"),
+        (torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0, 0]), "group_ids has 2"),
+    ],
+)
+def test_bad_rewards_name_the_argument(rewards, groups, match):
+    with pytest.raises(ValueError, match=match):
+        Algorithm("pmd_mean", tau=0.5).advantages(rewards, groups)
+
+
+def test_bad_algorithm_options_are_named():
+    with pytest.raises(ValueError, match="pmd_mean's baseline must be one of"):
+        Algorithm("pmd_mean", baseline="partition")
+    with pytest.raises(ValueError, match="old_source"):
+        Algorithm("grpo", old_source="engine")
+    with pytest.raises(ValueError, match="algorithm must be one of"):
+        Algorithm("ppo")
 
 
 def test_mismatched_token_shapes_are_named():

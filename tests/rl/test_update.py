@@ -5,11 +5,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pmdlab.llm import losses
-from pmdlab.llm.algorithms import Algorithm
-from pmdlab.llm.groups import Groups
-from pmdlab.llm.rollout import Rollout
-from pmdlab.llm.update import minibatches, policy_update
+from pmdlab.rl import losses
+from pmdlab.rl.algorithms import ALGORITHMS, Algorithm
+from pmdlab.rl.groups import Groups, advantages, grpo_advantages
+from pmdlab.rl.rollout import Rollout
+from pmdlab.rl.update import minibatches, policy_update
 
 
 @given(st.lists(st.integers(1, 5), min_size=1, max_size=12), st.integers(1, 12), st.integers(0, 1000), st.booleans())
@@ -118,8 +118,9 @@ def test_rollout_select_indexes_every_field():
     assert torch.equal(sub.prompts, torch.tensor([5, 0]))
 
 
-@pytest.mark.parametrize("name", list(losses.LOSSES))
+@pytest.mark.parametrize("name", ALGORITHMS)
 def test_algorithm_loss_is_the_named_loss_with_its_defaults(name):
+    """The table's loss with the defaults written out here, on advantages from the baselines."""
     rollout, w, log_probs = _setup()
     alg = Algorithm(name=name, tau=0.7)
     groups = Groups.from_ids(rollout.group_ids)
@@ -127,8 +128,14 @@ def test_algorithm_loss_is_the_named_loss_with_its_defaults(name):
     lp = log_probs(rollout)
     old = lp.detach() + 0.05
     got = alg.loss(lp, old, rollout.mask, adv).loss
-    kw = {"tau": 0.7} if name.startswith("pmd") else {}
-    direct = losses.LOSSES[name](lp, old, rollout.mask, rewards=rollout.rewards, groups=rollout.group_ids, **kw).loss
+    r, ids = rollout.rewards, rollout.group_ids
+    direct = {
+        "pmd_mean": lambda: losses.pmd(lp, old, rollout.mask, advantages(r, ids, "mean"), tau=0.7),
+        "pmd_part": lambda: losses.pmd(lp, old, rollout.mask, advantages(r, ids, "partition", tau=0.7), tau=0.7),
+        "grpo": lambda: losses.grpo(lp, old, rollout.mask, grpo_advantages(r, ids)),
+        "gspo": lambda: losses.gspo(lp, old, rollout.mask, grpo_advantages(r, ids)),
+        "rloo": lambda: losses.rloo(lp, old, rollout.mask, advantages(r, ids, "leave_one_out")),
+    }[name]().loss
     torch.testing.assert_close(got, direct)
 
 

@@ -1,0 +1,92 @@
+"""What a run is built from: its task, its model and tokenizer, and its rollout backend.
+
+Each is one function of :class:`~pmdlab.llm.settings.TrainConfig`, so the
+trainer (:mod:`.train`) only wires them together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from . import distributed
+from .policy import GenerateBackend
+from .settings import TrainConfig
+from .tasks import ArithmeticTask, MathDataset
+from .warmstart import warm_start
+
+__all__ = ["enable_activation_checkpointing", "load_model", "make_backend", "make_task", "model_path", "seed_of"]
+
+
+def seed_of(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across runs and machines)."""
+    value = 0x9E3779B97F4A7C15
+    for p in parts:
+        value = (value * 6364136223846793005 + int(p) + 1442695040888963407) % (1 << 63)
+    return value
+
+
+def make_task(config: TrainConfig):
+    """The embedded arithmetic task or a jsonl data set (``config.task``)."""
+    task = config.task
+    if task.data == "arithmetic":
+        return ArithmeticTask(task.digits, task.terms, task.operations, eval_size=config.eval_size or 200,
+                              seed=config.seed)  # fmt: skip
+    return MathDataset(task.data, task.eval_data, template=task.template, timeout=task.verify_timeout,
+                       eval_size=config.eval_size, seed=config.seed)  # fmt: skip
+
+
+def resolve_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
+    """``config.dtype``; ``auto`` is bfloat16 on a GPU and float32 on a CPU."""
+    if config.dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, config.dtype)
+
+
+def model_path(config: TrainConfig, task, ctx, checkpoint_dir: Path | None) -> Path:
+    """Where the weights come from: the checkpoint resumed, the warm-started tiny model, or ``config.model``."""
+    if checkpoint_dir is not None:
+        return checkpoint_dir / "model"
+    if config.model != "tiny":
+        return Path(config.model)
+    if not isinstance(task, ArithmeticTask):
+        raise ValueError("the embedded tiny model only knows the arithmetic task; give model=/path")
+    with distributed.main_first(ctx):  # rank 0 trains and caches it, the others read it
+        return warm_start(config.tiny, task, config.warmstart, progress=config.progress and ctx.main)
+
+
+def load_model(path: str | Path, config: TrainConfig, device: torch.device):
+    """Model and tokenizer from a local folder (no download: ``local_files_only``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+    dtype = resolve_dtype(config, device)
+    kwargs = dict(local_files_only=True, trust_remote_code=config.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device)
+    if config.gradient_checkpointing:
+        enable_activation_checkpointing(model)
+    return model, tokenizer
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (``activation_checkpointing_enable`` in
+    transformers 5, ``gradient_checkpointing_enable`` before)."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+    model.config.use_cache = False
+
+
+def make_backend(config: TrainConfig, model, tokenizer, path: Path, device: torch.device):
+    """The rollout backend: ``model.generate`` on the trained model, or a colocated vLLM engine."""
+    if config.rollout_backend == "vllm":
+        from .vllm_backend import VLLMBackend
+
+        dtype = str(resolve_dtype(config, device)).removeprefix("torch.")
+        return VLLMBackend(path, tokenizer, dtype=dtype, max_model_len=config.vllm_max_model_len,
+                           gpu_memory_utilization=config.vllm_memory, seed=config.seed,
+                           trust_remote_code=config.trust_remote_code)  # fmt: skip
+    return GenerateBackend(distributed.unwrap(model), tokenizer)

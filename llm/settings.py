@@ -1,0 +1,182 @@
+"""The trainer's settings: :class:`TrainConfig` and its nested :class:`TaskConfig`.
+
+``python -m pmdlab.llm.train --help`` lists every field; ``key=value`` sets
+one (``task.digits=2``, ``algorithm.tau=0.5``) and ``--config FILE`` reads a
+JSON or YAML file of them (:mod:`pmdlab.rl.config`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pmdlab.rl.algorithms import Algorithm
+
+from .policy import SamplingConfig
+from .tasks import DEFAULT_TEMPLATE, REWARD_VALUES, ArithmeticTask
+from .tiny import TinyModelConfig
+from .warmstart import WarmStartConfig
+
+__all__ = ["DTYPES", "TaskConfig", "TrainConfig"]
+
+#: ``dtype=`` names (``auto`` picks bfloat16 on a GPU, float32 on a CPU).
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """The task: problems to train on, the held-out ones and how answers are scored.
+
+    Attributes:
+        data: ``arithmetic`` (the embedded task) or a jsonl file of {"id", "problem", "answer"} rows.
+        eval_data: held-out jsonl file or bundled set (aime2024, aime2025, math500); arithmetic holds out its own.
+        template: prompt template for jsonl problems ({problem} is replaced).
+        digits: arithmetic: digits of each number.
+        terms: arithmetic: numbers per problem.
+        operations: arithmetic: operators to draw from (+, -, *).
+        reward_values: ``binary`` (1/0) or ``signed`` (1/-1).
+        verify_timeout: seconds allowed to math-verify per parse or comparison.
+    """
+
+    data: str = "arithmetic"
+    eval_data: str | None = None
+    template: str = DEFAULT_TEMPLATE
+    digits: int = 1
+    terms: int = 4
+    operations: str = "+"
+    reward_values: str = "binary"
+    verify_timeout: int = 5
+
+    def __post_init__(self):
+        if self.reward_values not in REWARD_VALUES:
+            raise ValueError(f"task.reward_values must be one of {tuple(REWARD_VALUES)}, got {self.reward_values!r}")
+        if self.data == "arithmetic" and self.eval_data is not None:
+            raise ValueError("task.eval_data applies to jsonl data; the arithmetic task holds out its own problems")
+        if self.verify_timeout < 1:
+            raise ValueError(f"task.verify_timeout must be at least 1 second, got {self.verify_timeout}")
+        if self.data == "arithmetic":
+            try:  # the task's own checks of digits, terms and operations
+                ArithmeticTask(self.digits, self.terms, self.operations, eval_size=0)
+            except ValueError as e:
+                raise ValueError(f"task.{e}") from None
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """RL post-training of a causal language model on a verifiable task.
+
+    Attributes:
+        model: ``tiny`` (the embedded model, built and warm-started here) or a local model folder.
+        tiny: size of the embedded model.
+        warmstart: the embedded model's supervised warm start.
+        trust_remote_code: let ``transformers`` run code shipped with the model.
+        dtype: ``auto`` (bfloat16 on a GPU, float32 on a CPU), ``float32``, ``bfloat16`` or ``float16``.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun: ``auto`` or ``cpu``).
+        parallel: under torchrun, ``auto`` (FSDP2 on GPUs, DDP on CPUs), ``fsdp`` or ``ddp``.
+        gradient_checkpointing: recompute activations in the backward pass (less memory).
+        task: the training task and its held-out set (arithmetic or a jsonl data set).
+        chat_template: wrap each prompt as a user turn with the tokenizer's chat template.
+        rollout_backend: ``transformers`` (``model.generate``) or ``vllm`` (a colocated vLLM engine; the vllm extra).
+        vllm_memory: the vLLM engine's share of GPU memory.
+        vllm_max_model_len: longest prompt plus response the vLLM engine accepts.
+        algorithm: the loss and its options (pmd_mean, pmd_part, grpo, gspo, rloo).
+        sampling: temperature, top-p and response length of the sampler.
+        steps: RL steps (rollout batches).
+        prompts: prompts per rollout batch.
+        n: responses sampled per prompt.
+        minibatches: optimiser steps per pass over a rollout batch (off-policy reuse).
+        epochs: passes over each rollout batch.
+        staleness: train on rollouts sampled this many policy versions ago.
+        lr: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_steps: RL steps of linear learning-rate warm-up.
+        max_grad_norm: gradient clipping threshold.
+        token_budget: most padded tokens in one forward pass (micro-batching).
+        eval_every: evaluate every this many steps (and before the first and after the last; 0: never).
+        eval_size: held-out problems evaluated (none: all).
+        eval_k: samples per held-out problem (avg@k, pass@k, maj@k).
+        eval_greedy: also report greedy accuracy.
+        save_every: checkpoint every this many steps (and at the end; 0: only at the end).
+        keep_checkpoints: how many recent checkpoints to keep.
+        max_nonfinite: stop after this many optimiser updates in a row with a non-finite loss or gradient.
+        out: the run's folder (metrics.jsonl, checkpoints); default runs/<algorithm>-seed<seed>.
+        run_name: name of the run in the metrics log (default: the folder's name).
+        resume: continue from the newest checkpoint in ``out`` (also ``--resume``).
+        seed: seed of sampling, shuffling and data order.
+        threads: torch CPU threads (none: torch's default).
+        progress: show a progress bar.
+        tensorboard: also log to TensorBoard in ``<out>/tensorboard``.
+        wandb_project: also log to this Weights & Biases project.
+    """
+
+    model: str = "tiny"
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    trust_remote_code: bool = False
+    dtype: str = "auto"
+    device: str = "auto"
+    parallel: str = "auto"
+    gradient_checkpointing: bool = False
+    task: TaskConfig = field(default_factory=TaskConfig)
+    chat_template: bool = False
+    rollout_backend: str = "transformers"
+    vllm_memory: float = 0.4
+    vllm_max_model_len: int = 4096
+    algorithm: Algorithm = field(default_factory=lambda: Algorithm(name="pmd_mean", tau=1.0))
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(max_new_tokens=4))
+    steps: int = 600
+    prompts: int = 32
+    n: int = 8
+    minibatches: int = 2
+    epochs: int = 1
+    staleness: int = 0
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    token_budget: int = 16384
+    eval_every: int = 50
+    eval_size: int | None = 256
+    eval_k: int = 8
+    eval_greedy: bool = True
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    max_nonfinite: int = 5
+    out: str | None = None
+    run_name: str | None = None
+    resume: bool = False
+    seed: int = 0
+    threads: int | None = None
+    progress: bool = True
+    tensorboard: bool = False
+    wandb_project: str | None = None
+
+    def __post_init__(self):
+        for name in ("steps", "prompts", "n", "minibatches", "epochs", "eval_k", "max_nonfinite", "token_budget"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("staleness", "warmup_steps", "eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.minibatches > self.prompts:
+            raise ValueError(f"minibatches ({self.minibatches}) cannot exceed prompts ({self.prompts})")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
+        if self.rollout_backend not in ("transformers", "vllm"):
+            raise ValueError(f"rollout_backend must be transformers or vllm, got {self.rollout_backend!r}")
+        if self.rollout_backend == "vllm" and self.parallel == "fsdp":
+            raise ValueError("rollout_backend=vllm runs one engine per rank: use parallel=ddp")
+        if self.parallel not in ("auto", "fsdp", "ddp"):
+            raise ValueError(f"parallel must be auto, fsdp or ddp, got {self.parallel!r}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be auto or one of {DTYPES}, got {self.dtype!r}")
+        if self.model != "tiny" and not Path(self.model).is_dir():
+            raise ValueError(f"model must be 'tiny' or a local model folder; {self.model} is not a folder")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out or f"runs/{self.algorithm.name}-seed{self.seed}")
+
