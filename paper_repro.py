@@ -26,8 +26,8 @@ from datetime import datetime, timezone
 from tqdm import tqdm
 
 from figures import FIGURES_IN_ORDER as FIGURES
-from figures.llm_training import run_comparison
 from figures.cache import library_versions, load_or_compute, load_or_run_propositions
+from figures.llm_training import run_comparison
 from figures.style import save
 from pmdlab.llm.metrics_log import find, read
 from pmdlab.theory.verify import format_table
@@ -53,20 +53,34 @@ def _expected_time(names: list[str], quick: bool) -> str:
     cost = _MEASURED_S["quick" if quick else "full"]
     seconds = cost["other"] + (cost["llm"] if "llm" in names else 0)
     llm = f", of which about {cost['llm']} s train the two LLM runs of figure 8" if "llm" in names else ""
-    return (f"expected: about {seconds / 60:.0f} min on 2 CPU cores from an empty cache{llm}; "
-            "seconds when the numbers are cached")
+    return (
+        f"expected: about {seconds / 60:.0f} min on 2 CPU cores from an empty cache{llm}; "
+        "seconds when the numbers are cached"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--figure", action="append", choices=["all", *FIGURES], help="a figure to draw (repeatable; default all)")
-    parser.add_argument("--quick", action="store_true", help="small parameters: the whole run in about a minute")
+    parser.add_argument(
+        "--figure",
+        action="append",
+        choices=["all", *FIGURES],
+        help="a figure to draw (repeatable; default all)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small parameters: the whole run in about a minute"
+    )
     parser.add_argument("--out", default="out", help="output folder (default out/)")
     parser.add_argument("--seed", type=int, default=0, help="seed for every random draw (default 0)")
     parser.add_argument("--recompute", action="store_true", help="ignore cached numbers")
-    parser.add_argument("--llm-log", action="append", help="metrics log(s) for the LLM figure (default: OUT/llm/*.jsonl)")
-    parser.add_argument("--no-llm-training", action="store_true",
-                        help="without metrics logs, leave the LLM figure undrawn instead of training on the CPU")
+    parser.add_argument(
+        "--llm-log", action="append", help="metrics log(s) for the LLM figure (default: OUT/llm/*.jsonl)"
+    )
+    parser.add_argument(
+        "--no-llm-training",
+        action="store_true",
+        help="without metrics logs, leave the LLM figure undrawn instead of training on the CPU",
+    )
     parser.add_argument("--list", action="store_true", help="list the figures and exit")
     args = parser.parse_args(argv)
     if args.list:
@@ -84,12 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         logs, digest = _llm_logs(args)
         read(logs)
         if not logs and not args.no_llm_training:
-            tqdm.write("llm: no metrics logs; training PMD-mean and GRPO on the embedded task (CPU), "
-                       "one progress bar per run (step, reward, held-out avg@k)", file=sys.stdout)
+            tqdm.write(
+                "llm: no metrics logs; training PMD-mean and GRPO on the embedded task (CPU), "
+                "one progress bar per run (step, reward, held-out avg@k)",
+                file=sys.stdout,
+            )
             try:
                 run_comparison(os.path.join(args.out, "llm"), args.seed, args.quick, progress=True)
             except ModuleNotFoundError as e:
-                tqdm.write(f"llm: cannot train ({e}); install the llm extra: pip install -e '.[llm]'", file=sys.stdout)
+                tqdm.write(
+                    f"llm: cannot train ({e}); install the llm extra: pip install -e '.[llm]'",
+                    file=sys.stdout,
+                )
             logs, digest = _llm_logs(args)
     bar = tqdm(total=len(names) + 1, desc="propositions", unit="step", file=sys.stdout, dynamic_ncols=True)
     outcomes, verify_info = load_or_run_propositions(args.seed, cache, recompute=args.recompute)
@@ -106,14 +126,25 @@ def main(argv: list[str] | None = None) -> int:
         reason = fig.missing(data)
         if reason:
             tqdm.write(f"{name}: not drawn: {reason}", file=sys.stdout)
-            sections.append({"number": number, "figure": fig, "missing": reason, "params": params, "info": info})
+            sections.append(
+                {"number": number, "figure": fig, "missing": reason, "params": params, "info": info}
+            )
             bar.update()
             continue
         claims = fig.claims(data, params)
         failures += [f"{name}: {c.statement}" for c in claims if not c.passed]
         files = save(fig.plot(data, params), args.out, name)
-        sections.append({"number": number, "figure": fig, "claims": claims, "caption": fig.caption(data, params),
-                         "params": params, "info": info, "files": files})  # fmt: skip
+        sections.append(
+            {
+                "number": number,
+                "figure": fig,
+                "claims": claims,
+                "caption": fig.caption(data, params),
+                "params": params,
+                "info": info,
+                "files": files,
+            }
+        )
         bar.update()
     bar.close()
 
@@ -123,8 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     with open(path, "w") as f:
         f.write(report)
     drawn = sum("files" in s for s in sections)
-    print(f"{drawn} figure(s) and {path} written in {total:.1f} s"
-          + (" (quick parameters)" if args.quick else ""))  # fmt: skip
+    print(
+        f"{drawn} figure(s) and {path} written in {total:.1f} s"
+        + (" (quick parameters)" if args.quick else "")
+    )
     for s in sections:
         if "missing" in s:
             print(f"  {s['figure'].name}: not drawn: {s['missing']}")
@@ -135,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(args, argv, outcomes, verify_info, sections, total) -> str:
-    cmd = "python paper_repro.py" + ("" if not argv and len(sys.argv) < 2 else " " + " ".join(argv if argv is not None else sys.argv[1:]))
+    cmd = "python paper_repro.py" + (
+        "" if not argv and len(sys.argv) < 2 else " " + " ".join(argv if argv is not None else sys.argv[1:])
+    )
     passed = sum(o.passed for o in outcomes)
     lines = [
         "# Figures and verification report",
@@ -146,7 +181,8 @@ def _report(args, argv, outcomes, verify_info, sections, total) -> str:
         "## Propositions",
         "",
         f"`python -m pmdlab.theory.verify --seed {args.seed}`: {passed} of {len(outcomes)} propositions pass "
-        f"({'read from cache, computed' if verify_info['cached'] else 'computed'} in {verify_info['seconds']:.1f} s).",
+        f"({'read from cache, computed' if verify_info['cached'] else 'computed'} "
+        f"in {verify_info['seconds']:.1f} s).",
         "",
         format_table(outcomes, markdown=True),
         "",
@@ -157,14 +193,27 @@ def _report(args, argv, outcomes, verify_info, sections, total) -> str:
         fig = s["figure"]
         lines += [f"### {s['number']}. {fig.title} (`{fig.name}`)", "", fig.shows, ""]
         if "missing" in s:
-            lines += [f"**Not drawn:** {s['missing']}. Train with `python -m pmdlab.llm.train` or pass "
-                      "`--llm-log PATH` to draw it.", ""]  # fmt: skip
+            lines += [
+                f"**Not drawn:** {s['missing']}. Train with `python -m pmdlab.llm.train` or pass "
+                "`--llm-log PATH` to draw it.",
+                "",
+            ]
         else:
-            lines += [f"![{fig.name}]({fig.name}.png)", "", s["caption"], "", "Claims checked against the numbers:", ""]
+            lines += [
+                f"![{fig.name}]({fig.name}.png)",
+                "",
+                s["caption"],
+                "",
+                "Claims checked against the numbers:",
+                "",
+            ]
             for c in s["claims"]:
                 mark = "x" if c.passed else " "
-                lines.append(f"- [{mark}] {c.statement}" + (f" ({c.detail})" if c.detail else "")
-                             + ("" if c.passed else " **FAILED**"))  # fmt: skip
+                lines.append(
+                    f"- [{mark}] {c.statement}"
+                    + (f" ({c.detail})" if c.detail else "")
+                    + ("" if c.passed else " **FAILED**")
+                )
             lines.append("")
         how = "read from cache, computed" if s["info"]["cached"] else "computed"
         lines += [f"Parameters: `{json.dumps(s['params'])}`; {how} in {s['info']['seconds']:.1f} s.", ""]

@@ -11,4 +11,13 @@ from .policies import LogLinearPolicy, TabularPolicy
 from .task import Task, TaskConfig, make_task
 from .train import BanditConfig, BanditRun, train
 
-__all__ = ["BanditConfig", "BanditRun", "LogLinearPolicy", "TabularPolicy", "Task", "TaskConfig", "make_task", "train"]
+__all__ = [
+    "BanditConfig",
+    "BanditRun",
+    "LogLinearPolicy",
+    "TabularPolicy",
+    "Task",
+    "TaskConfig",
+    "make_task",
+    "train",
+]

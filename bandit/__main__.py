@@ -1,9 +1,9 @@
 """``python -m pmdlab.bandit``: compare algorithms on one bandit task in seconds.
 
-    python -m pmdlab.bandit                                  # the defaults below
-    python -m pmdlab.bandit bandit.n=4 bandit.staleness=4    # fewer, staler rollouts
-    python -m pmdlab.bandit algorithms=pmd_mean,grpo tau=0.05 out=runs.json
-    python -m pmdlab.bandit --help                           # every setting
+python -m pmdlab.bandit                                  # the defaults below
+python -m pmdlab.bandit bandit.n=4 bandit.staleness=4    # fewer, staler rollouts
+python -m pmdlab.bandit algorithms=pmd_mean,grpo tau=0.05 out=runs.json
+python -m pmdlab.bandit --help                           # every setting
 """
 
 from __future__ import annotations
@@ -37,7 +37,12 @@ class CompareConfig:
 
     bandit: BanditConfig = field(
         default_factory=lambda: BanditConfig(
-            task=TaskConfig(prompts=128, responses=64), policy="loglinear", steps=100, n=4, minibatches=8, lr=0.05
+            task=TaskConfig(prompts=128, responses=64),
+            policy="loglinear",
+            steps=100,
+            n=4,
+            minibatches=8,
+            lr=0.05,
         )
     )
     algorithms: tuple[str, ...] = ALGORITHMS
@@ -65,19 +70,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     b = cfg.bandit
-    print(f"{b.task.prompts} prompts x {b.task.responses} responses ({b.task.rewards} rewards, "
-          f"initial success {b.task.difficulty}), {b.policy} policy, n = {b.n}, {b.minibatches} minibatches, "
-          f"staleness {b.staleness}, {b.steps} steps, seeds {list(cfg.seeds)}")  # fmt: skip
+    print(
+        f"{b.task.prompts} prompts x {b.task.responses} responses ({b.task.rewards} rewards, "
+        f"initial success {b.task.difficulty}), {b.policy} policy, n = {b.n}, {b.minibatches} minibatches, "
+        f"staleness {b.staleness}, {b.steps} steps, seeds {list(cfg.seeds)}"
+    )
     marks = sorted({0, b.steps // 10, b.steps // 4, b.steps // 2, b.steps})
-    print(f"\n{'algorithm':10s}" + "".join(f"{'step ' + str(m):>14s}" for m in marks)
-          + f"{'collapses':>11s}{'KL/step':>9s}{'time':>7s}")  # fmt: skip
+    print(
+        f"\n{'algorithm':10s}"
+        + "".join(f"{'step ' + str(m):>14s}" for m in marks)
+        + f"{'collapses':>11s}{'KL/step':>9s}{'time':>7s}"
+    )
     records = {}
     start = time.perf_counter()
     for name, alg in cfg.algorithm_table().items():
         t0 = time.perf_counter()
         runs = []
         for seed in cfg.seeds:
-            run_cfg = dataclasses.replace(b, algorithm=alg, seed=seed, task=dataclasses.replace(b.task, seed=seed))
+            run_cfg = dataclasses.replace(
+                b, algorithm=alg, seed=seed, task=dataclasses.replace(b.task, seed=seed)
+            )
             runs.append(train(run_cfg).metrics)
         elapsed = time.perf_counter() - t0
         success = np.stack([m["success_mean"] for m in runs])
@@ -86,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         kl = np.mean([np.nanmean(m["kl_old_new"]) for m in runs])
         print(f"{name:10s}{cells}{collapses:11.1f}{kl:9.4f}{elapsed:6.1f}s")
         records[name] = [{k: v.tolist() for k, v in m.items()} for m in runs]
-    print(f"\n{len(cfg.algorithms)} algorithms x {len(cfg.seeds)} seeds x {b.steps} steps in "
-          f"{time.perf_counter() - start:.1f} s")  # fmt: skip
-    print("success = mean over prompts of pi(correct), mean ± sd over seeds; collapses = prompts whose "
-          f"success fell by more than {b.collapse_drop} in one step (mean over seeds)")  # fmt: skip
+    print(
+        f"\n{len(cfg.algorithms)} algorithms x {len(cfg.seeds)} seeds x {b.steps} steps in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    print(
+        "success = mean over prompts of pi(correct), mean ± sd over seeds; collapses = prompts whose "
+        f"success fell by more than {b.collapse_drop} in one step (mean over seeds)"
+    )
     if cfg.out:
         with open(cfg.out, "w") as f:
             json.dump({"config": to_dict(cfg), "runs": records}, f)

@@ -151,22 +151,34 @@ def target_error(
                     some = n1 >= 1
                     w_some = weight[some] / weight[some].sum()
                     t_mean = float(np.sum(w_some * a1[some]))
-                    records.append({
-                        "method": method, "p": p, "tau": tau, "n": n,
-                        "population": pop,
-                        "mean_success": float(np.sum(weight * success)),
-                        "mean_abs_error": float(np.sum(weight * err)),
-                        "rmse": float(np.sqrt(np.sum(weight * err**2))),
-                        "relative_error": float(np.sum(weight * err) / abs(pop - p)),
-                        "error_given_signal": float(np.sum(w_signal * err[signal])) if signal.any() else math.nan,
-                        "success_sd": float(np.sqrt(np.sum(weight * (success - np.sum(weight * success)) ** 2))),
-                        "mean_kl_error": float(np.sum(weight * _bernoulli_kl(pop, success))),
-                        **{f"q{round(100 * q)}": float(err[order][np.searchsorted(cdf, q)]) for q in quantiles},
-                        "no_signal": float(weight[0] + weight[-1]),
-                        "target_population": float(a1_pop),
-                        "target_mean": t_mean,
-                        "target_sd": float(np.sqrt(np.sum(w_some * (a1[some] - t_mean) ** 2))),
-                    })  # fmt: skip
+                    records.append(
+                        {
+                            "method": method,
+                            "p": p,
+                            "tau": tau,
+                            "n": n,
+                            "population": pop,
+                            "mean_success": float(np.sum(weight * success)),
+                            "mean_abs_error": float(np.sum(weight * err)),
+                            "rmse": float(np.sqrt(np.sum(weight * err**2))),
+                            "relative_error": float(np.sum(weight * err) / abs(pop - p)),
+                            "error_given_signal": float(np.sum(w_signal * err[signal]))
+                            if signal.any()
+                            else math.nan,
+                            "success_sd": float(
+                                np.sqrt(np.sum(weight * (success - np.sum(weight * success)) ** 2))
+                            ),
+                            "mean_kl_error": float(np.sum(weight * _bernoulli_kl(pop, success))),
+                            **{
+                                f"q{round(100 * q)}": float(err[order][np.searchsorted(cdf, q)])
+                                for q in quantiles
+                            },
+                            "no_signal": float(weight[0] + weight[-1]),
+                            "target_population": float(a1_pop),
+                            "target_mean": t_mean,
+                            "target_sd": float(np.sqrt(np.sum(w_some * (a1[some] - t_mean) ** 2))),
+                        }
+                    )
     return records
 
 
@@ -196,7 +208,11 @@ def training_dynamics(
             per_seed = []
             for seed in seeds:
                 cfg = dataclasses.replace(
-                    base, algorithm=algorithm, seed=seed, task=dataclasses.replace(base.task, seed=seed), **overrides
+                    base,
+                    algorithm=algorithm,
+                    seed=seed,
+                    task=dataclasses.replace(base.task, seed=seed),
+                    **overrides,
                 )
                 per_seed.append(train(cfg).metrics)
                 if progress is not None:

@@ -47,7 +47,9 @@ class RowAdam(torch.optim.Optimizer):
                     continue
                 grad = p.grad
                 if not grad.is_sparse:
-                    raise ValueError("RowAdam needs sparse row gradients; use torch.optim.Adam for dense ones")
+                    raise ValueError(
+                        "RowAdam needs sparse row gradients; use torch.optim.Adam for dense ones"
+                    )
                 grad = grad.coalesce()
                 rows, g = grad.indices()[0], grad.values()
                 state = self.state[p]
@@ -64,6 +66,11 @@ class RowAdam(torch.optim.Optimizer):
                 state["moments"].index_copy_(1, rows, mv)
                 # Clamping subnormal v to the smallest normal number leaves sqrt(v) far below
                 # eps (so the update is unchanged) and avoids the slow subnormal sqrt.
-                denom = v.clamp(min=torch.finfo(v.dtype).tiny).sqrt_().div_(math.sqrt(1 - b2**t)).add_(group["eps"])
+                denom = (
+                    v.clamp(min=torch.finfo(v.dtype).tiny)
+                    .sqrt_()
+                    .div_(math.sqrt(1 - b2**t))
+                    .add_(group["eps"])
+                )
                 p.index_add_(0, rows, m.div(denom), alpha=-group["lr"] / (1 - b1**t))
         return loss

@@ -18,13 +18,18 @@ import torch
 from torch import nn
 
 from pmdlab.rl.rollout import Rollout
+
 from .task import Task
 
 __all__ = ["LogLinearPolicy", "SoftmaxPolicy", "TabularPolicy", "rollout_from_table", "sample_rows"]
 
 
-def sample_rows(log_probs: torch.Tensor, n: int, generator: torch.Generator | None = None,
-                probs: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+def sample_rows(
+    log_probs: torch.Tensor,
+    n: int,
+    generator: torch.Generator | None = None,
+    probs: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``n`` draws per row from distributions given as log-probs (b, K) -> (b, n).
 
     Inverse CDF: ``u ~ U(0, total)``, the first index whose cumulative mass
@@ -36,8 +41,13 @@ def sample_rows(log_probs: torch.Tensor, n: int, generator: torch.Generator | No
     return torch.searchsorted(cdf, u, right=True).clamp_(max=log_probs.shape[1] - 1)
 
 
-def rollout_from_table(log_probs: torch.Tensor, prompts: torch.Tensor, n: int,
-                       generator: torch.Generator | None = None, probs: torch.Tensor | None = None) -> Rollout:  # fmt: skip
+def rollout_from_table(
+    log_probs: torch.Tensor,
+    prompts: torch.Tensor,
+    n: int,
+    generator: torch.Generator | None = None,
+    probs: torch.Tensor | None = None,
+) -> Rollout:
     """A :class:`Rollout` of ``n`` draws per prompt from the rows ``log_probs`` (b, K)
     of prompts ``prompts`` (b,) (``probs = exp(log_probs)`` if already at hand). The
     group of a response is its prompt's row index."""
@@ -89,7 +99,9 @@ class TabularPolicy(SoftmaxPolicy):
         super().__init__()
         self.num_prompts = task.prompts
         self.sparse = sparse
-        self.logits = nn.Embedding(task.prompts, task.responses, sparse=sparse, _weight=task.initial_logits.to(dtype).clone())
+        self.logits = nn.Embedding(
+            task.prompts, task.responses, sparse=sparse, _weight=task.initial_logits.to(dtype).clone()
+        )
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         return self.logits(rows)

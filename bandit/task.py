@@ -40,7 +40,9 @@ def parse_difficulty(spec: str):
         raise ValueError(f"difficulty {spec!r}: parameters must be numbers") from None
     want = {"uniform": 2, "loguniform": 2, "beta": 2, "fixed": 1}
     if kind not in want or len(params) != want[kind]:
-        raise ValueError(f"difficulty must be one of uniform:a,b  loguniform:a,b  beta:a,b  fixed:p, got {spec!r}")
+        raise ValueError(
+            f"difficulty must be one of uniform:a,b  loguniform:a,b  beta:a,b  fixed:p, got {spec!r}"
+        )
     if kind in ("uniform", "loguniform", "fixed") and not all(0 < p < 1 for p in params):
         raise ValueError(f"difficulty {spec!r}: success probabilities must lie in (0, 1)")
     if kind == "beta" and not all(p > 0 for p in params):
@@ -112,7 +114,10 @@ class Task:
         return self.rewards.shape[1]
 
     def to(self, dtype: torch.dtype) -> "Task":
-        f = {k: getattr(self, k) for k in ("rewards", "initial_logits", "success0", "prompt_features", "response_features")}
+        f = {
+            k: getattr(self, k)
+            for k in ("rewards", "initial_logits", "success0", "prompt_features", "response_features")
+        }
         return Task(config=self.config, correct=self.correct, **{k: v.to(dtype) for k, v in f.items()})
 
 

@@ -180,8 +180,11 @@ class BanditTrainer:
         self._correct = task.correct.to(dtype)
         self._rewards = task.rewards.to(dtype)
         self._graded = None if config.task.rewards == "binary" else self._rewards
-        self._exact = (config.exact_every > 0 and config.policy == "tabular"
-                       and config.algorithm.name in ("pmd_mean", "pmd_part"))  # fmt: skip
+        self._exact = (
+            config.exact_every > 0
+            and config.policy == "tabular"
+            and config.algorithm.name in ("pmd_mean", "pmd_part")
+        )
         self.current = _Version.of(self.policy, self._correct, self._graded)
         self.history: list[tuple[int, _Version]] = []  # the last `staleness` versions, oldest first
         self.steps_done = 0
@@ -210,9 +213,15 @@ class BanditTrainer:
             if len(self.history) > cfg.staleness:
                 self.history.pop(0)
         upd = policy_update(
-            self.policy.log_probs, self.optimizer, rollout, cfg.algorithm, num_minibatches=cfg.minibatches,
-            epochs=cfg.epochs, generator=gen, old_logprobs=rollout.sampler_logprobs,
-        )  # fmt: skip
+            self.policy.log_probs,
+            self.optimizer,
+            rollout,
+            cfg.algorithm,
+            num_minibatches=cfg.minibatches,
+            epochs=cfg.epochs,
+            generator=gen,
+            old_logprobs=rollout.sampler_logprobs,
+        )
         new = _Version.of(self.policy, self._correct, self._graded)
         with torch.no_grad():
             extra = {
@@ -224,7 +233,11 @@ class BanditTrainer:
             }
             if self._exact:
                 due = step % cfg.exact_every == 0
-                tv = _exact_distance(cfg, sampler.log_probs[pick], new.log_probs[pick], task.rewards[pick]) if due else math.nan
+                tv = (
+                    _exact_distance(cfg, sampler.log_probs[pick], new.log_probs[pick], task.rewards[pick])
+                    if due
+                    else math.nan
+                )
                 extra["exact_tv"] = tv
         self.current = new
         self.steps_done = step

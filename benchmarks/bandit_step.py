@@ -26,7 +26,9 @@ from pmdlab.bandit.train import BanditTrainer
 from pmdlab.rl import ALGORITHMS, Algorithm
 
 
-def naive_step(logits: torch.nn.Embedding, optimizer, task, n: int, minibatches: int, tau: float, gen) -> dict:
+def naive_step(
+    logits: torch.nn.Embedding, optimizer, task, n: int, minibatches: int, tau: float, gen
+) -> dict:
     """The same off-policy PMD-mean step, one prompt at a time, with the same metrics:
     success and KL(pi_old || pi) per prompt, and the per-prompt chi^2-weight fit."""
     prompts = task.prompts
@@ -67,8 +69,14 @@ def naive_step(logits: torch.nn.Embedding, optimizer, task, n: int, minibatches:
 
 def bench_step(args) -> None:
     task = make_task(TaskConfig(prompts=args.prompts, responses=args.responses, seed=0))
-    cfg = BanditConfig(task=task.config, algorithm=Algorithm("pmd_mean", tau=args.tau), n=args.n,
-                       minibatches=args.minibatches, steps=args.steps, lr=0.1)  # fmt: skip
+    cfg = BanditConfig(
+        task=task.config,
+        algorithm=Algorithm("pmd_mean", tau=args.tau),
+        n=args.n,
+        minibatches=args.minibatches,
+        steps=args.steps,
+        lr=0.1,
+    )
     trainer = BanditTrainer(cfg, task)
     trainer.step()  # warm-up
     t0 = time.perf_counter()
@@ -76,14 +84,18 @@ def bench_step(args) -> None:
         trainer.step()
     ours = (time.perf_counter() - t0) / args.steps
 
-    logits = torch.nn.Embedding(task.prompts, task.responses, sparse=True, _weight=task.initial_logits.float().clone())
+    logits = torch.nn.Embedding(
+        task.prompts, task.responses, sparse=True, _weight=task.initial_logits.float().clone()
+    )
     opt = RowAdam(logits.parameters(), lr=0.1)
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     naive_step(logits, opt, task, args.n, args.minibatches, args.tau, gen)
     naive = time.perf_counter() - t0
-    print(f"one off-policy step: {args.prompts} prompts x {args.n} responses x K = {args.responses}, "
-          f"{args.minibatches} minibatch updates, threads = {torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"one off-policy step: {args.prompts} prompts x {args.n} responses x K = {args.responses}, "
+        f"{args.minibatches} minibatch updates, threads = {torch.get_num_threads()}"
+    )
     print(f"  pmdlab (vectorised)   {ours * 1e3:9.1f} ms/step")
     print(f"  per-prompt loop       {naive * 1e3:9.1f} ms/step")
     print(f"  ratio                 {naive / ours:9.1f}x")
@@ -119,9 +131,11 @@ def bench_losses(args) -> None:
     rewards = (torch.rand(b, generator=gen) < 0.4).float()
     groups = torch.arange(b) // 16
     m = min(args.naive_sequences, b)
-    print(f"\nlosses, forward + backward, on ({args.loss_prompts} x 16) x {t} tokens "
-          f"({int(mask.sum()):,} response tokens); the naive loop is timed on {m} sequences "
-          f"and scaled by {b}/{m}")  # fmt: skip
+    print(
+        f"\nlosses, forward + backward, on ({args.loss_prompts} x 16) x {t} tokens "
+        f"({int(mask.sum()):,} response tokens); the naive loop is timed on {m} sequences "
+        f"and scaled by {b}/{m}"
+    )
     print(f"  {'loss':10s} {'pmdlab':>10s} {'naive':>10s} {'ratio':>8s} {'rel. diff':>10s}")
     for name in ALGORITHMS:
         alg = Algorithm(name, tau=0.1)
@@ -156,7 +170,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--loss-prompts", type=int, default=512)
     parser.add_argument("--tokens", type=int, default=1024)
-    parser.add_argument("--naive-sequences", type=int, default=256, help="sequences the naive loss loop is timed on")
+    parser.add_argument(
+        "--naive-sequences", type=int, default=256, help="sequences the naive loss loop is timed on"
+    )
     args = parser.parse_args()
     bench_step(args)
     bench_losses(args)

@@ -19,10 +19,10 @@ import time
 
 import torch
 
-from pmdlab.rl import Algorithm, Groups
 from pmdlab.llm.policy import LMPolicy, SamplingConfig
 from pmdlab.llm.tasks import ArithmeticTask
 from pmdlab.llm.tiny import TinyModelConfig, build_model, build_tokenizer
+from pmdlab.rl import Algorithm, Groups
 from pmdlab.rl.update import minibatches, policy_update
 
 
@@ -64,9 +64,17 @@ def main() -> None:
     model.train()
 
     def update():
-        policy_update(policy.log_probs, optimizer, rollout, algorithm, num_minibatches=args.minibatches,
-                      old_logprobs=old, micro_batches=policy.micro_batches,
-                      parameters=list(model.parameters()), max_grad_norm=1.0)  # fmt: skip
+        policy_update(
+            policy.log_probs,
+            optimizer,
+            rollout,
+            algorithm,
+            num_minibatches=args.minibatches,
+            old_logprobs=old,
+            micro_batches=policy.micro_batches,
+            parameters=list(model.parameters()),
+            max_grad_norm=1.0,
+        )
 
     update()  # warm-up
     step = timed(update, args.repeats)
@@ -82,22 +90,35 @@ def main() -> None:
             lp = current[index].clone().requires_grad_(True)
             sub_groups = Groups.from_ids(rollout.group_ids[index])
             normalizer = algorithm.normalizer(rollout.mask[index])
-            out = algorithm.loss(lp, old[index], rollout.mask[index], advantages[index], groups=sub_groups,
-                                 normalizer=normalizer)  # fmt: skip
+            out = algorithm.loss(
+                lp,
+                old[index],
+                rollout.mask[index],
+                advantages[index],
+                groups=sub_groups,
+                normalizer=normalizer,
+            )
             out.loss.backward()
 
     loss_only()
     loss_time = timed(loss_only, args.repeats * 4)
 
     params = sum(p.numel() for p in model.parameters())
-    print(f"tiny model ({params / 1e3:.0f}k parameters), {args.prompts} prompts x {args.n} responses, "
-          f"{tokens:.0f} response tokens, threads = {torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"tiny model ({params / 1e3:.0f}k parameters), {args.prompts} prompts x {args.n} responses, "
+        f"{tokens:.0f} response tokens, threads = {torch.get_num_threads()}"
+    )
     print(f"rollout  batched generate      {batched * 1e3:8.1f} ms  {tokens / batched:9.0f} tokens/s")
     print(f"         prompt by prompt      {one_by_one * 1e3:8.1f} ms  {tokens / one_by_one:9.0f} tokens/s")
     print(f"         ratio                 {one_by_one / batched:8.1f}x")
-    print(f"update   {args.algorithm}, {args.minibatches} minibatches  {step * 1e3:8.1f} ms  "
-          f"{tokens / step:9.0f} tokens/s")  # fmt: skip
-    print(f"         the loss alone        {loss_time * 1e3:8.2f} ms  = {100 * loss_time / step:.2f}% of the update")
+    print(
+        f"update   {args.algorithm}, {args.minibatches} minibatches  {step * 1e3:8.1f} ms  "
+        f"{tokens / step:9.0f} tokens/s"
+    )
+    print(
+        f"         the loss alone        {loss_time * 1e3:8.2f} ms  "
+        f"= {100 * loss_time / step:.2f}% of the update"
+    )
     print(f"         share of the step     {100 * loss_time / (step + batched):.2f}% (rollout + update)")
 
 

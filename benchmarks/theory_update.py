@@ -72,8 +72,10 @@ def main() -> None:
         "binary rewards {0,1}": (rng.uniform(size=(n, k)) < success).astype(np.float64),
     }
     print(f"{n} prompts x {k} actions = {n * k:,} entries, tau = {args.tau}, threads = {num_threads()}")
-    print(f"{'case':26s} {'pmdlab':>10s} {'naive':>10s} {'ratio':>8s} {'max|dpolicy|':>13s} "
-          f"{'max|dlog_ratio|':>16s} {'max rel dlambda':>16s}")  # fmt: skip
+    print(
+        f"{'case':26s} {'pmdlab':>10s} {'naive':>10s} {'ratio':>8s} {'max|dpolicy|':>13s} "
+        f"{'max|dlog_ratio|':>16s} {'max rel dlambda':>16s}"
+    )
     for name, r in cases.items():
         ours = median_time(lambda r=r: pmd_mean(pi, r, args.tau), args.repeats)
         t0 = time.perf_counter()
@@ -83,8 +85,10 @@ def main() -> None:
         dpol = np.abs(res.policy - ref_policy).max()
         dlr = np.abs(res.log_ratio - ref_log_ratio).max()
         dlam = np.abs(res.lam / ref_lam - 1.0).max()
-        print(f"{name:26s} {ours * 1e3:8.2f}ms {naive * 1e3:8.0f}ms {naive / ours:7.0f}x "
-              f"{dpol:13.2e} {dlr:16.2e} {dlam:16.2e}")  # fmt: skip
+        print(
+            f"{name:26s} {ours * 1e3:8.2f}ms {naive * 1e3:8.0f}ms {naive / ours:7.0f}x "
+            f"{dpol:13.2e} {dlr:16.2e} {dlam:16.2e}"
+        )
 
 
 if __name__ == "__main__":

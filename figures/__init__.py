@@ -4,8 +4,16 @@ from . import bandit, equivalence, exact, llm_training  # noqa: F401  (registers
 from .registry import FIGURES, Claim, Figure
 
 #: Figure order in the output and the report.
-ORDER = ("update_map", "log_ratios", "chi2_weight", "equivalence", "convergence", "finite_sample",
-         "training_dynamics", "llm")  # fmt: skip
+ORDER = (
+    "update_map",
+    "log_ratios",
+    "chi2_weight",
+    "equivalence",
+    "convergence",
+    "finite_sample",
+    "training_dynamics",
+    "llm",
+)
 FIGURES_IN_ORDER = {name: FIGURES[name] for name in ORDER}
 assert set(FIGURES_IN_ORDER) == set(FIGURES), "every registered figure has a place in ORDER"
 

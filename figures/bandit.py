@@ -12,7 +12,16 @@ from pmdlab.theory import pmd_mean_step, pmd_part_step
 from .registry import Claim, Figure, register
 from .style import ALGORITHM_COLORS, METHOD_STYLE, TAU_COLORS, plt
 
-_FIELDS = ("mean_abs_error", "q10", "q90", "mean_kl_error", "no_signal", "population", "target_mean", "target_population")
+_FIELDS = (
+    "mean_abs_error",
+    "q10",
+    "q90",
+    "mean_kl_error",
+    "no_signal",
+    "population",
+    "target_mean",
+    "target_population",
+)
 
 # ----------------------------------------------------------- 6. finite-sample error
 
@@ -30,8 +39,12 @@ def _finite_sample(params, seed):
             out[f"{method}/{f}"] = arr
         # The n -> infinity limit of the sampled regression, against the exact update.
         step = pmd_mean_step if method == "pmd_mean" else pmd_part_step
-        limit = np.array([[one_step_success(p, p, *map(float, sample_targets(method, p, 1, tau))) for p in ps]
-                          for tau in taus])  # fmt: skip
+        limit = np.array(
+            [
+                [one_step_success(p, p, *map(float, sample_targets(method, p, 1, tau))) for p in ps]
+                for tau in taus
+            ]
+        )
         exact = np.array([[float(step(p, tau).success) for p in ps] for tau in taus])
         out[f"{method}/limit_gap"] = np.abs(limit - exact)
     return out
@@ -39,17 +52,33 @@ def _finite_sample(params, seed):
 
 def _plot_finite_sample(d, params):
     taus, ps, ns = d["taus"], d["ps"], d["ns"]
-    fig, axes = plt.subplots(len(taus), len(ps), figsize=(3.6 * len(ps), 3.1 * len(taus)), squeeze=False, sharex=True)
+    fig, axes = plt.subplots(
+        len(taus), len(ps), figsize=(3.6 * len(ps), 3.1 * len(taus)), squeeze=False, sharex=True
+    )
     for i, tau in enumerate(taus):
         for j, p in enumerate(ps):
             ax = axes[i, j]
             for k, method in enumerate(("pmd_mean", "pmd_part")):
                 style = METHOD_STYLE[method]
                 color = TAU_COLORS[k]
-                ax.plot(ns, d[f"{method}/mean_abs_error"][i, j], color=color, ls=style["ls"], marker="o", ms=3.5,
-                        lw=1.5, label=style["label"] + " (mean)")  # fmt: skip
-                ax.fill_between(ns, d[f"{method}/q10"][i, j], d[f"{method}/q90"][i, j], color=color, alpha=0.15,
-                                label=style["label"] + " (10–90%)")  # fmt: skip
+                ax.plot(
+                    ns,
+                    d[f"{method}/mean_abs_error"][i, j],
+                    color=color,
+                    ls=style["ls"],
+                    marker="o",
+                    ms=3.5,
+                    lw=1.5,
+                    label=style["label"] + " (mean)",
+                )
+                ax.fill_between(
+                    ns,
+                    d[f"{method}/q10"][i, j],
+                    d[f"{method}/q90"][i, j],
+                    color=color,
+                    alpha=0.15,
+                    label=style["label"] + " (10–90%)",
+                )
             ax.set_xscale("log", base=2)
             ax.set_xticks(ns, [f"{n:g}" for n in ns])
             ax.set_title(f"p = {p:g}, τ = {tau:g}")
@@ -69,13 +98,15 @@ def _caption_finite_sample(d, params):
     m, q = d["pmd_mean/mean_kl_error"], d["pmd_part/mean_kl_error"]
     return (
         "Error of the one-step update computed from n rollouts (binary rewards, the sampled regression's "
-        "minimiser in success-probability space) against the population update, PMD-mean (solid) and PMD-part "
-        "(dashed): the mean absolute error of p′ and its 10–90% range over the exact binomial distribution of the "
-        f"draws (no seed noise). At p = {d['ps'][j]:g}, τ = {d['taus'][i]:g} the mean error falls from "
+        "minimiser in success-probability space) against the population update, PMD-mean (solid) and "
+        "PMD-part (dashed): the mean absolute error of p′ and its 10–90% range over the exact binomial "
+        f"distribution of the draws (no seed noise). At p = {d['ps'][j]:g}, τ = {d['taus'][i]:g} the mean "
+        "error falls from "
         f"{d['pmd_mean/mean_abs_error'][i, j, n_lo]:.3f} (n = {d['ns'][n_lo]:g}) to "
         f"{d['pmd_mean/mean_abs_error'][i, j, n_hi]:.3f} (n = {d['ns'][n_hi]:g}) for PMD-mean and from "
-        f"{d['pmd_part/mean_abs_error'][i, j, n_lo]:.3f} to {d['pmd_part/mean_abs_error'][i, j, n_hi]:.3f} for "
-        f"PMD-part; measured as KL from the population update, {m[i, j, n_lo]:.2f} against {q[i, j, n_lo]:.2f} "
+        f"{d['pmd_part/mean_abs_error'][i, j, n_lo]:.3f} to "
+        f"{d['pmd_part/mean_abs_error'][i, j, n_hi]:.3f} for PMD-part; measured as KL from the population "
+        f"update, {m[i, j, n_lo]:.2f} against {q[i, j, n_lo]:.2f} "
         f"at n = {d['ns'][n_lo]:g}. Much of the small-n error is the chance that every rollout gets the same "
         f"reward, which leaves the policy unchanged ({d['pmd_mean/no_signal'][i, j, n_lo]:.2f} at n = "
         f"{d['ns'][n_lo]:g})."
@@ -84,26 +115,41 @@ def _caption_finite_sample(d, params):
 
 def _claims_finite_sample(d, params):
     gaps = max(d["pmd_mean/limit_gap"].max(), d["pmd_part/limit_gap"].max())
-    falls = all(np.all(d[f"{m}/mean_abs_error"][..., -1] < 0.5 * d[f"{m}/mean_abs_error"][..., 0])
-                for m in ("pmd_mean", "pmd_part"))  # fmt: skip
+    falls = all(
+        np.all(d[f"{m}/mean_abs_error"][..., -1] < 0.5 * d[f"{m}/mean_abs_error"][..., 0])
+        for m in ("pmd_mean", "pmd_part")
+    )
     bands = all(np.all(d[f"{m}/q10"] <= d[f"{m}/q90"] + 1e-15) for m in ("pmd_mean", "pmd_part"))
     return [
-        Claim("with infinitely many rollouts the sampled regression gives the exact update (gap < 1e-9)",
-              bool(gaps < 1e-9), f"{gaps:.1e}"),
-        Claim("the error at the largest n is less than half that at the smallest, for every (p, τ, method)",
-              bool(falls)),
+        Claim(
+            "with infinitely many rollouts the sampled regression gives the exact update (gap < 1e-9)",
+            bool(gaps < 1e-9),
+            f"{gaps:.1e}",
+        ),
+        Claim(
+            "the error at the largest n is less than half that at the smallest, for every (p, τ, method)",
+            bool(falls),
+        ),
         Claim("10% quantile ≤ 90% quantile everywhere", bool(bands)),
     ]
 
 
-register(Figure(
-    name="finite_sample",
-    title="Finite-sample robustness",
-    shows="Error of the one-step update from n rollouts against the population update, PMD-mean vs PMD-part, over n and τ.",
-    full={"ps": [0.05, 0.2, 0.5], "ns": [2, 4, 8, 16, 32, 64, 128], "taus": [0.1, 1.0]},
-    quick={"ps": [0.05, 0.2, 0.5], "ns": [2, 4, 8, 16, 32, 64], "taus": [0.1, 1.0]},
-    compute=_finite_sample, plot=_plot_finite_sample, caption=_caption_finite_sample, claims=_claims_finite_sample,
-))  # fmt: skip
+register(
+    Figure(
+        name="finite_sample",
+        title="Finite-sample robustness",
+        shows=(
+            "Error of the one-step update from n rollouts against the population update, "
+            "PMD-mean vs PMD-part, over n and τ."
+        ),
+        full={"ps": [0.05, 0.2, 0.5], "ns": [2, 4, 8, 16, 32, 64, 128], "taus": [0.1, 1.0]},
+        quick={"ps": [0.05, 0.2, 0.5], "ns": [2, 4, 8, 16, 32, 64], "taus": [0.1, 1.0]},
+        compute=_finite_sample,
+        plot=_plot_finite_sample,
+        caption=_caption_finite_sample,
+        claims=_claims_finite_sample,
+    )
+)
 
 
 # ----------------------------------------------------------- 7. training dynamics
@@ -113,15 +159,25 @@ _LABELS = {"pmd_mean": "PMD-mean", "pmd_part": "PMD-part", "grpo": "GRPO", "gspo
 
 def _dynamics(params, seed):
     base = BanditConfig(
-        task=TaskConfig(prompts=params["prompts"], responses=params["responses"]), policy=params["policy"],
-        steps=params["steps"], n=params["n"], minibatches=params["minibatches"], lr=params["lr"],
-    )  # fmt: skip
-    algorithms = {_LABELS[a]: Algorithm(a, tau=params["tau"]) if a.startswith("pmd") else Algorithm(a)
-                  for a in params["algorithms"]}  # fmt: skip
+        task=TaskConfig(prompts=params["prompts"], responses=params["responses"]),
+        policy=params["policy"],
+        steps=params["steps"],
+        n=params["n"],
+        minibatches=params["minibatches"],
+        lr=params["lr"],
+    )
+    algorithms = {
+        _LABELS[a]: Algorithm(a, tau=params["tau"]) if a.startswith("pmd") else Algorithm(a)
+        for a in params["algorithms"]
+    }
     settings = {name: dict(overrides) for name, overrides in params["settings"].items()}
     seeds = [seed + s for s in range(params["seeds"])]
     res = training_dynamics(base, algorithms, seeds=seeds, settings=settings)
-    out = {"steps": res["steps"], "settings": np.array(list(settings)), "algorithms": np.array(list(algorithms))}
+    out = {
+        "steps": res["steps"],
+        "settings": np.array(list(settings)),
+        "algorithms": np.array(list(algorithms)),
+    }
     for s, runs in res["runs"].items():
         for a, metrics in runs.items():
             for k, v in metrics.items():
@@ -157,18 +213,20 @@ def _caption_dynamics(d, params):
     t = steps[min(len(steps) - 1, max(1, len(steps) // 10))]
     parts = []
     for s in settings:
-        cells = ", ".join(
-            f"{a} {d[f'{s}/{a}/success_mean'][:, t].mean():.3f}" for a in d["algorithms"]
+        cells = ", ".join(f"{a} {d[f'{s}/{a}/success_mean'][:, t].mean():.3f}" for a in d["algorithms"])
+        coll = ", ".join(
+            f"{a} {np.nansum(d[f'{s}/{a}/collapses']) / d[f'{s}/{a}/collapses'].shape[0]:.1f}"
+            for a in d["algorithms"]
         )
-        coll = ", ".join(f"{a} {np.nansum(d[f'{s}/{a}/collapses']) / d[f'{s}/{a}/collapses'].shape[0]:.1f}"
-                         for a in d["algorithms"])  # fmt: skip
         parts.append(f"In “{s}”, mean success at step {t}: {cells}; collapse events per run: {coll}")
     return (
         f"Bandit training ({params['prompts']} prompts × {params['responses']} responses, binary rewards, a "
-        f"log-linear policy shared across prompts, n = {params['n']} rollouts per prompt, {params['minibatches']} "
-        f"minibatch steps per batch, Adam lr {params['lr']}, τ = {params['tau']} for the PMD losses), mean over "
+        f"log-linear policy shared across prompts, n = {params['n']} rollouts per prompt, "
+        f"{params['minibatches']} minibatch steps per batch, Adam lr {params['lr']}, τ = {params['tau']} "
+        "for the PMD losses), mean over "
         f"prompts of the success probability, mean and min–max band over {params['seeds']} seeds. "
-        + ". ".join(parts) + ". A collapse event is a prompt whose success falls by more than 0.2 in one step."
+        + ". ".join(parts)
+        + ". A collapse event is a prompt whose success falls by more than 0.2 in one step."
     )
 
 
@@ -184,7 +242,9 @@ def _claims_dynamics(d, params):
             start_same &= bool(np.allclose(y[:, 0], first))
             improved &= bool(np.all(y[:, -1] > y[:, 0] + 0.3))
     out.append(Claim("every algorithm starts from the same policy in each seed", start_same))
-    out.append(Claim("every algorithm raises mean success by more than 0.3 in every setting and seed", improved))
+    out.append(
+        Claim("every algorithm raises mean success by more than 0.3 in every setting and seed", improved)
+    )
     finite = all(np.all(np.isfinite(d[k][:, 1:])) for k in d if k.endswith("success_mean"))
     out.append(Claim("all success curves finite", bool(finite)))
     return out
@@ -192,15 +252,27 @@ def _claims_dynamics(d, params):
 
 _DYNAMICS = {
     "algorithms": ["pmd_mean", "pmd_part", "grpo", "gspo", "rloo"],
-    "tau": 0.1, "policy": "loglinear", "n": 4, "minibatches": 8, "lr": 0.05,
+    "tau": 0.1,
+    "policy": "loglinear",
+    "n": 4,
+    "minibatches": 8,
+    "lr": 0.05,
     "settings": {"n = 4 rollouts per prompt": {}, "n = 4, rollouts 4 versions stale": {"staleness": 4}},
-}  # fmt: skip
+}
 
-register(Figure(
-    name="training_dynamics",
-    title="Training dynamics on bandits",
-    shows="Success vs step for PMD-mean, PMD-part, GRPO, GSPO, RLOO with seed bands, at small n and with staleness.",
-    full={**_DYNAMICS, "prompts": 128, "responses": 64, "steps": 300, "seeds": 3},
-    quick={**_DYNAMICS, "prompts": 64, "responses": 32, "steps": 60, "seeds": 2},
-    compute=_dynamics, plot=_plot_dynamics, caption=_caption_dynamics, claims=_claims_dynamics,
-))  # fmt: skip
+register(
+    Figure(
+        name="training_dynamics",
+        title="Training dynamics on bandits",
+        shows=(
+            "Success vs step for PMD-mean, PMD-part, GRPO, GSPO, RLOO with seed bands, "
+            "at small n and with staleness."
+        ),
+        full={**_DYNAMICS, "prompts": 128, "responses": 64, "steps": 300, "seeds": 3},
+        quick={**_DYNAMICS, "prompts": 64, "responses": 32, "steps": 60, "seeds": 2},
+        compute=_dynamics,
+        plot=_plot_dynamics,
+        caption=_caption_dynamics,
+        claims=_claims_dynamics,
+    )
+)

@@ -25,7 +25,8 @@ import pmdlab.bandit
 import pmdlab.llm
 import pmdlab.rl
 import pmdlab.theory
-from pmdlab.theory.propositions import PROPOSITIONS, Outcome, run as run_propositions
+from pmdlab.theory.propositions import PROPOSITIONS, Outcome
+from pmdlab.theory.propositions import run as run_propositions
 
 from .registry import Figure
 
@@ -56,8 +57,11 @@ def _library_source_digest() -> str:
 
 
 def _digest(**parts) -> str:
-    blob = json.dumps({**parts, "versions": library_versions(), "library": _library_source_digest()},
-                      sort_keys=True, default=str)  # fmt: skip
+    blob = json.dumps(
+        {**parts, "versions": library_versions(), "library": _library_source_digest()},
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -65,20 +69,26 @@ def _key(figure: Figure, params: dict, seed: int) -> str:
     return _digest(params=params, seed=seed, source=inspect.getsource(inspect.getmodule(figure.compute)))
 
 
-def load_or_run_propositions(seed: int, cache_dir: str, recompute: bool = False) -> tuple[list[Outcome], dict]:
+def load_or_run_propositions(
+    seed: int, cache_dir: str, recompute: bool = False
+) -> tuple[list[Outcome], dict]:
     """The outcomes of :func:`pmdlab.theory.propositions.run` and ``{"cached", "seconds"}``."""
     os.makedirs(cache_dir, exist_ok=True)
     path = os.path.join(cache_dir, f"propositions-{_digest(seed=seed)}.json")
     by_name = {p.name: p for p in PROPOSITIONS}
     if not recompute and os.path.exists(path):
         saved = json.loads(open(path).read())
-        outcomes = [Outcome(by_name[r["name"]], r["instances"], r["worst"], r["seconds"]) for r in saved["outcomes"]]
+        outcomes = [
+            Outcome(by_name[r["name"]], r["instances"], r["worst"], r["seconds"]) for r in saved["outcomes"]
+        ]
         return outcomes, {"cached": True, "seconds": saved["seconds"]}
     t0 = time.perf_counter()
     outcomes = run_propositions(seed=seed)
     seconds = time.perf_counter() - t0
-    rows = [{"name": o.proposition.name, "instances": o.instances, "worst": o.worst, "seconds": o.seconds}
-            for o in outcomes]  # fmt: skip
+    rows = [
+        {"name": o.proposition.name, "instances": o.instances, "worst": o.worst, "seconds": o.seconds}
+        for o in outcomes
+    ]
     with open(path, "w") as f:
         json.dump({"seed": seed, "seconds": seconds, "outcomes": rows}, f)
     return outcomes, {"cached": False, "seconds": seconds}
@@ -99,7 +109,13 @@ def load_or_compute(figure: Figure, params: dict, seed: int, cache_dir: str, rec
     tmp = stem + ".tmp.npz"
     np.savez_compressed(tmp, **data)
     os.replace(tmp, stem + ".npz")
-    meta = {"figure": figure.name, "params": params, "seed": seed, "seconds": seconds, "versions": library_versions()}
+    meta = {
+        "figure": figure.name,
+        "params": params,
+        "seed": seed,
+        "seconds": seconds,
+        "versions": library_versions(),
+    }
     with open(stem + ".json", "w") as f:
         json.dump(meta, f, indent=1, default=str)
     return data, {"cached": False, "seconds": seconds, "file": stem + ".npz"}

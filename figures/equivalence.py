@@ -47,9 +47,16 @@ def _compute(params, seed):
         take = rng.choice(pi.size, size=min(pi.size, params["scatter_per_instance"]), replace=False)
         xs.append(res.policy[take])
         ys.append(mixed.policy[take])
-    return {"max_error": np.array(errors), "max_log_ratio_error": np.array(log_errors), "k": np.array(ks),
-            "tau": np.array(taus), "binary": np.array(kinds), "beta": np.array(betas),
-            "scatter_pmd": np.concatenate(xs), "scatter_mixed": np.concatenate(ys)}  # fmt: skip
+    return {
+        "max_error": np.array(errors),
+        "max_log_ratio_error": np.array(log_errors),
+        "k": np.array(ks),
+        "tau": np.array(taus),
+        "binary": np.array(kinds),
+        "beta": np.array(betas),
+        "scatter_pmd": np.concatenate(xs),
+        "scatter_mixed": np.concatenate(ys),
+    }
 
 
 def _plot(d, params):
@@ -80,8 +87,9 @@ def _plot(d, params):
 
 def _caption(d, params):
     return (
-        f"For {d['k'].size} random prompts (K from {d['k'].min()} to {d['k'].max()}, τ from {d['tau'].min():.2g} "
-        f"to {d['tau'].max():.2g}, uniform and binary rewards), PMD-mean's exact update against the maximiser "
+        f"For {d['k'].size} random prompts (K from {d['k'].min()} to {d['k'].max()}, "
+        f"τ from {d['tau'].min():.2g} to {d['tau'].max():.2g}, uniform and binary rewards), "
+        "PMD-mean's exact update against the maximiser "
         "of E_q r − τ KL(q‖π_t) − β χ²(q‖π_t) at the reported β, found by a solver that never uses the "
         f"Lambert-W form. The largest difference in any probability is {d['max_error'].max():.1e} (median "
         f"{np.median(d['max_error']):.1e}); in log-ratios {d['max_log_ratio_error'].max():.1e}."
@@ -90,19 +98,33 @@ def _caption(d, params):
 
 def _claims(d, params):
     return [
-        Claim("PMD-mean equals the mixed KL–χ² maximiser at β: every probability within 1e-8",
-              bool(d["max_error"].max() < 1e-8), f"max {d['max_error'].max():.1e}"),
+        Claim(
+            "PMD-mean equals the mixed KL–χ² maximiser at β: every probability within 1e-8",
+            bool(d["max_error"].max() < 1e-8),
+            f"max {d['max_error'].max():.1e}",
+        ),
         Claim("β > 0 for every prompt (rewards not constant)", bool(np.all(d["beta"] > 0))),
-        Claim(f"instances cover K from 2 to {params['k_max']}", bool(d["k"].max() == params["k_max"]),
-              f"K in [{d['k'].min()}, {d['k'].max()}]"),
+        Claim(
+            f"instances cover K from 2 to {params['k_max']}",
+            bool(d["k"].max() == params["k_max"]),
+            f"K in [{d['k'].min()}, {d['k'].max()}]",
+        ),
     ]
 
 
-register(Figure(
-    name="equivalence",
-    title="Equivalence with the mixed KL–χ² step",
-    shows="PMD-mean's solution against an independent maximiser of the mixed KL–χ² objective at β: scatter and error histogram.",
-    full={"instances": 400, "k_max": 1000, "tau_min": 0.01, "tau_max": 10.0, "scatter_per_instance": 60},
-    quick={"instances": 60, "k_max": 1000, "tau_min": 0.01, "tau_max": 10.0, "scatter_per_instance": 60},
-    compute=_compute, plot=_plot, caption=_caption, claims=_claims,
-))  # fmt: skip
+register(
+    Figure(
+        name="equivalence",
+        title="Equivalence with the mixed KL–χ² step",
+        shows=(
+            "PMD-mean's solution against an independent maximiser of the mixed KL–χ² objective at β: "
+            "scatter and error histogram."
+        ),
+        full={"instances": 400, "k_max": 1000, "tau_min": 0.01, "tau_max": 10.0, "scatter_per_instance": 60},
+        quick={"instances": 60, "k_max": 1000, "tau_min": 0.01, "tau_max": 10.0, "scatter_per_instance": 60},
+        compute=_compute,
+        plot=_plot,
+        caption=_caption,
+        claims=_claims,
+    )
+)

@@ -23,26 +23,36 @@ _NAMES = {"pmd_mean": "PMD-mean", "pmd_part": "PMD-part", "grpo": "GRPO", "gspo"
 COMPARISON = {"full": {}, "quick": {"steps": 60, "eval_every": 20, "eval_size": 128}}
 
 
-def run_comparison(out_dir: str, seed: int, quick: bool, algorithms=("pmd_mean", "grpo"), progress=False) -> list[str]:
-    """Train each algorithm with ``pmdlab.llm.train``'s defaults into ``out_dir/<algorithm>``; return the logs.
+def run_comparison(
+    out_dir: str, seed: int, quick: bool, algorithms=("pmd_mean", "grpo"), progress=False
+) -> list[str]:
+    """Train each algorithm with ``pmdlab.llm.train``'s defaults into ``out_dir/<algorithm>``.
+
+    Return the logs.
 
     ``progress`` shows each run's progress bar (step, reward, held-out avg@k)."""
     import dataclasses
     import os
 
-    from pmdlab.rl.algorithms import Algorithm
     from pmdlab.llm.train import TrainConfig, Trainer
     from pmdlab.llm.warmstart import WarmStartConfig
+    from pmdlab.rl.algorithms import Algorithm
 
     logs = []
     base = TrainConfig()
     for name in algorithms:
-        algorithm = dataclasses.replace(base.algorithm, name=name) if name.startswith("pmd") else Algorithm(name)
+        algorithm = (
+            dataclasses.replace(base.algorithm, name=name) if name.startswith("pmd") else Algorithm(name)
+        )
         config = dataclasses.replace(
-            base, algorithm=algorithm, seed=seed, progress=progress, out=os.path.join(out_dir, name),
+            base,
+            algorithm=algorithm,
+            seed=seed,
+            progress=progress,
+            out=os.path.join(out_dir, name),
             warmstart=WarmStartConfig(cache_dir=os.path.join(out_dir, "warm-start")),
             **COMPARISON["quick" if quick else "full"],
-        )  # fmt: skip
+        )
         trainer = Trainer(config)
         trainer.run()
         logs.append(str(trainer.log_path))
@@ -52,11 +62,17 @@ def run_comparison(out_dir: str, seed: int, quick: bool, algorithms=("pmd_mean",
 def _compute(params, seed):
     records = read(params["logs"]) if params["logs"] else []
     runs = sorted({r["run"] for r in records})
-    out = {"runs": np.array(runs, dtype=str), "algorithms": np.array(
-        [next(r["algorithm"] for r in records if r["run"] == run) for run in runs], dtype=str)}
+    out = {
+        "runs": np.array(runs, dtype=str),
+        "algorithms": np.array(
+            [next(r["algorithm"] for r in records if r["run"] == run) for run in runs], dtype=str
+        ),
+    }
     for run in runs:
         for metric, _ in PANELS:
-            pts = sorted((r["step"], r[metric]) for r in records if r["run"] == run and r.get(metric) is not None)
+            pts = sorted(
+                (r["step"], r[metric]) for r in records if r["run"] == run and r.get(metric) is not None
+            )
             if pts:
                 out[f"{run}/{metric}/step"] = np.array([p[0] for p in pts], dtype=float)
                 out[f"{run}/{metric}/value"] = np.array([p[1] for p in pts], dtype=float)
@@ -86,7 +102,9 @@ def _plot(d, params):
         for run, alg in zip(d["runs"], d["algorithms"]):
             key = f"{run}/{metric}"
             if key + "/step" in d:
-                label = _NAMES.get(alg, alg) + ("" if len(d["runs"]) == len(set(d["algorithms"])) else f" ({run})")
+                label = _NAMES.get(alg, alg) + (
+                    "" if len(d["runs"]) == len(set(d["algorithms"])) else f" ({run})"
+                )
                 color = ALGORITHM_COLORS.get(_NAMES.get(alg, alg))
                 x, y = d[key + "/step"], d[key + "/value"]
                 if len(x) > _DENSE:  # every step: the raw curve faint, a moving average over it
@@ -122,17 +140,28 @@ def _claims(d, params):
     curves = [k for k in d if k.endswith("/step")]
     increasing = all(np.all(np.diff(d[k]) > 0) for k in curves)
     return [
-        Claim("every run in the logs is drawn with at least one panel", bool(all(
-            any(k.startswith(f"{run}/") for k in curves) for run in d["runs"]))),
+        Claim(
+            "every run in the logs is drawn with at least one panel",
+            bool(all(any(k.startswith(f"{run}/") for k in curves) for run in d["runs"])),
+        ),
         Claim("steps increase along every curve (one record per step and metric)", bool(increasing)),
     ]
 
 
-register(Figure(
-    name="llm",
-    title="LLM training",
-    shows="Training reward, eval avg@k, best@k, maj@k, response length and entropy against global step, per algorithm.",
-    full={"logs": []},
-    quick={"logs": []},
-    compute=_compute, plot=_plot, caption=_caption, claims=_claims, missing=_missing,
-))  # fmt: skip
+register(
+    Figure(
+        name="llm",
+        title="LLM training",
+        shows=(
+            "Training reward, eval avg@k, best@k, maj@k, response length and entropy against global step, "
+            "per algorithm."
+        ),
+        full={"logs": []},
+        quick={"logs": []},
+        compute=_compute,
+        plot=_plot,
+        caption=_caption,
+        claims=_claims,
+        missing=_missing,
+    )
+)

@@ -12,25 +12,32 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 __all__ = ["ALGORITHM_COLORS", "METHOD_STYLE", "TAU_COLORS", "plt", "save"]
 
-plt.rcParams.update({
-    "figure.dpi": 110,
-    "savefig.dpi": 150,
-    "font.size": 10,
-    "axes.titlesize": 10.5,
-    "axes.labelsize": 10,
-    "legend.fontsize": 8.5,
-    "legend.framealpha": 0.85,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-})  # fmt: skip
+plt.rcParams.update(
+    {
+        "figure.dpi": 110,
+        "savefig.dpi": 150,
+        "font.size": 10,
+        "axes.titlesize": 10.5,
+        "axes.labelsize": 10,
+        "legend.fontsize": 8.5,
+        "legend.framealpha": 0.85,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+    }
+)
 
 #: PMD-mean solid, PMD-part dashed, in every figure.
 METHOD_STYLE = {"pmd_mean": dict(ls="-", label="PMD-mean"), "pmd_part": dict(ls="--", label="PMD-part")}
 TAU_COLORS = ["#1b6ca8", "#d1495b", "#3a7d44", "#8d6a9f", "#e09f3e"]
-ALGORITHM_COLORS = {"PMD-mean": "#1b6ca8", "PMD-part": "#6fa8dc", "GRPO": "#d1495b", "GSPO": "#e09f3e",
-                    "RLOO": "#3a7d44"}  # fmt: skip
+ALGORITHM_COLORS = {
+    "PMD-mean": "#1b6ca8",
+    "PMD-part": "#6fa8dc",
+    "GRPO": "#d1495b",
+    "GSPO": "#e09f3e",
+    "RLOO": "#3a7d44",
+}
 
 
 def save(fig, out_dir: str, name: str) -> list[str]:

@@ -16,7 +16,14 @@ from .settings import TrainConfig
 from .tasks import ArithmeticTask, MathDataset
 from .warmstart import warm_start
 
-__all__ = ["enable_activation_checkpointing", "load_model", "make_backend", "make_task", "model_path", "seed_of"]
+__all__ = [
+    "enable_activation_checkpointing",
+    "load_model",
+    "make_backend",
+    "make_task",
+    "model_path",
+    "seed_of",
+]
 
 
 def seed_of(*parts: int) -> int:
@@ -31,10 +38,17 @@ def make_task(config: TrainConfig):
     """The embedded arithmetic task or a jsonl data set (``config.task``)."""
     task = config.task
     if task.data == "arithmetic":
-        return ArithmeticTask(task.digits, task.terms, task.operations, eval_size=config.eval_size or 200,
-                              seed=config.seed)  # fmt: skip
-    return MathDataset(task.data, task.eval_data, template=task.template, timeout=task.verify_timeout,
-                       eval_size=config.eval_size, seed=config.seed)  # fmt: skip
+        return ArithmeticTask(
+            task.digits, task.terms, task.operations, eval_size=config.eval_size or 200, seed=config.seed
+        )
+    return MathDataset(
+        task.data,
+        task.eval_data,
+        template=task.template,
+        timeout=task.verify_timeout,
+        eval_size=config.eval_size,
+        seed=config.seed,
+    )
 
 
 def resolve_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
@@ -45,7 +59,10 @@ def resolve_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
 
 
 def model_path(config: TrainConfig, task, ctx, checkpoint_dir: Path | None) -> Path:
-    """Where the weights come from: the checkpoint resumed, the warm-started tiny model, or ``config.model``."""
+    """Where the weights come from.
+
+    The checkpoint resumed, the warm-started tiny model, or ``config.model``.
+    """
     if checkpoint_dir is not None:
         return checkpoint_dir / "model"
     if config.model != "tiny":
@@ -86,7 +103,13 @@ def make_backend(config: TrainConfig, model, tokenizer, path: Path, device: torc
         from .vllm_backend import VLLMBackend
 
         dtype = str(resolve_dtype(config, device)).removeprefix("torch.")
-        return VLLMBackend(path, tokenizer, dtype=dtype, max_model_len=config.vllm_max_model_len,
-                           gpu_memory_utilization=config.vllm_memory, seed=config.seed,
-                           trust_remote_code=config.trust_remote_code)  # fmt: skip
+        return VLLMBackend(
+            path,
+            tokenizer,
+            dtype=dtype,
+            max_model_len=config.vllm_max_model_len,
+            gpu_memory_utilization=config.vllm_memory,
+            seed=config.seed,
+            trust_remote_code=config.trust_remote_code,
+        )
     return GenerateBackend(distributed.unwrap(model), tokenizer)

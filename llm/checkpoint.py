@@ -58,7 +58,11 @@ MANIFEST = "manifest.json"
 
 
 def rng_state() -> dict:
-    return {"torch": torch.random.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    return {
+        "torch": torch.random.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
 
 
 def set_rng_state(state: dict) -> None:
@@ -202,8 +206,10 @@ def restore(trainer, path: Path) -> None:
     state = load(path)
     ctx = trainer.ctx
     if state.get("world_size", 1) != ctx.world_size:
-        raise ValueError(f"{path} was written by {state.get('world_size', 1)} ranks; resume with as many "
-                         f"(this run has {ctx.world_size})")  # fmt: skip
+        raise ValueError(
+            f"{path} was written by {state.get('world_size', 1)} ranks; resume with as many "
+            f"(this run has {ctx.world_size})"
+        )
     trainer.step = state["step"]
     trainer.nonfinite_streak = state["nonfinite_streak"]
     distributed.load_optimizer_state(trainer.model, trainer.optimizer, state["optimizer"])
@@ -212,7 +218,11 @@ def restore(trainer, path: Path) -> None:
     trainer.task.set_state(state["task"])
     queue = torch.load(path / f"rollouts-rank{ctx.rank}.pt", weights_only=False)
     trainer.queue = deque(
-        {**batch, "rollout": Rollout.from_dict(batch["rollout"], ctx.device), "old": batch["old"].to(ctx.device)}
+        {
+            **batch,
+            "rollout": Rollout.from_dict(batch["rollout"], ctx.device),
+            "old": batch["old"].to(ctx.device),
+        }
         for batch in queue
     )
     if ctx.main:

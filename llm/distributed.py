@@ -28,8 +28,20 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
-    "Context", "all_reduce_sum", "barrier", "full_optimizer_state", "full_state_dict", "gathered",
-    "load_optimizer_state", "main_first", "mean_over_ranks", "no_sync", "setup", "shard", "unwrap", "wrap",
+    "Context",
+    "all_reduce_sum",
+    "barrier",
+    "full_optimizer_state",
+    "full_state_dict",
+    "gathered",
+    "load_optimizer_state",
+    "main_first",
+    "mean_over_ranks",
+    "no_sync",
+    "setup",
+    "shard",
+    "unwrap",
+    "wrap",
 ]
 
 
@@ -193,8 +205,9 @@ def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     if _fsdp_modules(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-        return get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True,
-                                                                                   cpu_offload=True))  # fmt: skip
+        return get_optimizer_state_dict(
+            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
     return optimizer.state_dict()
 
 
@@ -202,8 +215,9 @@ def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
     if _fsdp_modules(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(model, optimizer, optim_state_dict=state,
-                                 options=StateDictOptions(full_state_dict=True))  # fmt: skip
+        set_optimizer_state_dict(
+            model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True)
+        )
         return
     optimizer.load_state_dict(state)
 

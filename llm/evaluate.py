@@ -44,8 +44,9 @@ def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> 
     return bool(correct[list(answers).index(winner)])
 
 
-def evaluate(policy, task, problems, k: int, *, greedy: bool = True, batch_prompts: int = 64,
-             seed: int = 0) -> dict[str, float]:  # fmt: skip
+def evaluate(
+    policy, task, problems, k: int, *, greedy: bool = True, batch_prompts: int = 64, seed: int = 0
+) -> dict[str, float]:
     """Sample ``k`` completions per held-out problem; return ``eval/avg@k``, ``eval/pass@k``,
     ``eval/maj@k``, ``eval/greedy`` and ``eval/response_length``.
 

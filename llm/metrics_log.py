@@ -46,7 +46,9 @@ _REQUIRED = ("run", "algorithm", "step")
 def append(path: str | os.PathLike, record: Mapping) -> None:
     """Append one record (flushed, so a crash loses at most the line being written)."""
     _check(record, str(path), None)
-    line = json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()})
+    line = json.dumps(
+        {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in record.items()}
+    )
     with open(path, "a") as f:
         f.write(line + "\n")
         f.flush()

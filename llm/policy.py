@@ -91,8 +91,14 @@ class RolloutBackend(Protocol):
     ``(tokens (B, T), sampler_logprobs (B, T))`` for ``B = n x prompts`` (each prompt's
     ``n`` responses adjacent), response tokens right-padded with the pad token."""
 
-    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, sampling: SamplingConfig,
-                 greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]: ...  # fmt: skip
+    def generate(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        n: int,
+        sampling: SamplingConfig,
+        greedy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class GenerateBackend:
@@ -114,26 +120,43 @@ class GenerateBackend:
         ids = prompt_ids.repeat_interleave(n, dim=0)
         mask = prompt_mask.repeat_interleave(n, dim=0)
         step = self.max_batch or ids.shape[0]
-        chunks = [self._generate(ids[i : i + step], mask[i : i + step], sampling, greedy)
-                  for i in range(0, ids.shape[0], step)]  # fmt: skip
+        chunks = [
+            self._generate(ids[i : i + step], mask[i : i + step], sampling, greedy)
+            for i in range(0, ids.shape[0], step)
+        ]
         width = max(c[0].shape[1] for c in chunks)
         pad = self.tokenizer.pad_token_id
-        tokens = torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad) for t, _ in chunks])
+        tokens = torch.cat(
+            [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad) for t, _ in chunks]
+        )
         logps = torch.cat([torch.nn.functional.pad(lp, (0, width - lp.shape[1])) for _, lp in chunks])
         return tokens, logps
 
     def _generate(self, ids, mask, sampling, greedy):
         was_training = self.model.training
         self.model.eval()
-        kwargs = dict(do_sample=False) if greedy else dict(
-            do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0,
-        )  # fmt: skip
+        kwargs = (
+            dict(do_sample=False)
+            if greedy
+            else dict(
+                do_sample=True,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=0,
+            )
+        )
         try:
             out = self.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=sampling.max_new_tokens,
-                output_scores=True, return_dict_in_generate=True, synced_gpus=False,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id, **kwargs,
-            )  # fmt: skip
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=sampling.max_new_tokens,
+                output_scores=True,
+                return_dict_in_generate=True,
+                synced_gpus=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                **kwargs,
+            )
         finally:
             self.model.train(was_training)
         tokens = out.sequences[:, ids.shape[1] :]
@@ -157,8 +180,16 @@ class LMPolicy:
     prompt as a user turn with the tokenizer's chat template.
     """
 
-    def __init__(self, model, tokenizer, sampling: SamplingConfig = SamplingConfig(), *,
-                 backend: RolloutBackend | None = None, token_budget: int = 16384, chat_template: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        sampling: SamplingConfig = SamplingConfig(),
+        *,
+        backend: RolloutBackend | None = None,
+        token_budget: int = 16384,
+        chat_template: bool = False,
+    ):
         if tokenizer.pad_token_id is None:
             if tokenizer.eos_token_id is None:
                 raise ValueError("the tokenizer has neither a pad nor an end-of-sequence token")
@@ -179,8 +210,12 @@ class LMPolicy:
         """Left-padded prompt token ids and attention mask."""
         tok = self.tokenizer
         if self.chat_template:
-            prompts = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                               add_generation_prompt=True) for p in prompts]  # fmt: skip
+            prompts = [
+                tok.apply_chat_template(
+                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                )
+                for p in prompts
+            ]
         elif tok.bos_token is not None and not getattr(tok, "add_bos_token", False):
             prompts = [p if p.startswith(tok.bos_token) else tok.bos_token + p for p in prompts]
         enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
@@ -194,9 +229,13 @@ class LMPolicy:
         rmask = response_mask(tokens, eos)
         group_ids = torch.arange(len(prompts), device=tokens.device).repeat_interleave(n)
         return Rollout(
-            group_ids=group_ids, tokens=tokens, mask=rmask, sampler_logprobs=logps,
-            prompts=ids.repeat_interleave(n, dim=0), extras={"prompt_mask": mask.repeat_interleave(n, dim=0)},
-        )  # fmt: skip
+            group_ids=group_ids,
+            tokens=tokens,
+            mask=rmask,
+            sampler_logprobs=logps,
+            prompts=ids.repeat_interleave(n, dim=0),
+            extras={"prompt_mask": mask.repeat_interleave(n, dim=0)},
+        )
 
     def decode(self, rollout: Rollout) -> list[str]:
         """Each response's text (special tokens dropped)."""
@@ -213,8 +252,13 @@ class LMPolicy:
         ids = torch.cat([rollout.prompts, tokens], dim=1)
         attn = torch.cat([pmask, rmask.to(pmask.dtype)], dim=1)
         positions = (torch.cumsum(attn, dim=1) - 1).clamp(min=0)
-        out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, logits_to_keep=width + 1,
-                         use_cache=False)  # fmt: skip
+        out = self.model(
+            input_ids=ids,
+            attention_mask=attn,
+            position_ids=positions,
+            logits_to_keep=width + 1,
+            use_cache=False,
+        )
         logits = out.logits[:, :-1]
         if logits.dtype in (torch.float16, torch.bfloat16):
             logits = logits.float()

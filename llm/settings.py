@@ -30,7 +30,8 @@ class TaskConfig:
 
     Attributes:
         data: ``arithmetic`` (the embedded task) or a jsonl file of {"id", "problem", "answer"} rows.
-        eval_data: held-out jsonl file or bundled set (aime2024, aime2025, math500); arithmetic holds out its own.
+        eval_data: held-out jsonl file or bundled set (aime2024, aime2025, math500); arithmetic holds out
+            its own.
         template: prompt template for jsonl problems ({problem} is replaced).
         digits: arithmetic: digits of each number.
         terms: arithmetic: numbers per problem.
@@ -50,9 +51,13 @@ class TaskConfig:
 
     def __post_init__(self):
         if self.reward_values not in REWARD_VALUES:
-            raise ValueError(f"task.reward_values must be one of {tuple(REWARD_VALUES)}, got {self.reward_values!r}")
+            raise ValueError(
+                f"task.reward_values must be one of {tuple(REWARD_VALUES)}, got {self.reward_values!r}"
+            )
         if self.data == "arithmetic" and self.eval_data is not None:
-            raise ValueError("task.eval_data applies to jsonl data; the arithmetic task holds out its own problems")
+            raise ValueError(
+                "task.eval_data applies to jsonl data; the arithmetic task holds out its own problems"
+            )
         if self.verify_timeout < 1:
             raise ValueError(f"task.verify_timeout must be at least 1 second, got {self.verify_timeout}")
         if self.data == "arithmetic":
@@ -77,7 +82,8 @@ class TrainConfig:
         gradient_checkpointing: recompute activations in the backward pass (less memory).
         task: the training task and its held-out set (arithmetic or a jsonl data set).
         chat_template: wrap each prompt as a user turn with the tokenizer's chat template.
-        rollout_backend: ``transformers`` (``model.generate``) or ``vllm`` (a colocated vLLM engine; the vllm extra).
+        rollout_backend: ``transformers`` (``model.generate``) or ``vllm`` (a colocated vLLM engine; the
+            vllm extra).
         vllm_memory: the vLLM engine's share of GPU memory.
         vllm_max_model_len: longest prompt plus response the vLLM engine accepts.
         algorithm: the loss and its options (pmd_mean, pmd_part, grpo, gspo, rloo).
@@ -153,7 +159,16 @@ class TrainConfig:
     wandb_project: str | None = None
 
     def __post_init__(self):
-        for name in ("steps", "prompts", "n", "minibatches", "epochs", "eval_k", "max_nonfinite", "token_budget"):
+        for name in (
+            "steps",
+            "prompts",
+            "n",
+            "minibatches",
+            "epochs",
+            "eval_k",
+            "max_nonfinite",
+            "token_budget",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("staleness", "warmup_steps", "eval_every", "save_every"):
@@ -179,4 +194,3 @@ class TrainConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.out or f"runs/{self.algorithm.name}-seed{self.seed}")
-

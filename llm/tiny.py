@@ -43,7 +43,7 @@ class TinyModelConfig:
 
 def build_tokenizer():
     """A fast tokenizer over single characters with ``<pad>``, ``<eos>``, ``<bos>``, ``<unk>``."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, decoders
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {tok: i for i, tok in enumerate([SPECIAL["pad"], SPECIAL["eos"], SPECIAL["bos"], SPECIAL["unk"]])}

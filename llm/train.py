@@ -25,7 +25,6 @@ All randomness is drawn from generators seeded by ``(seed, step)``, so a
 resumed run repeats exactly what the uninterrupted run would have done.
 """
 
-
 from __future__ import annotations
 
 import math
@@ -65,11 +64,15 @@ class Trainer:
             torch.set_num_threads(config.threads)
         self.ctx = distributed.setup(config.device)
         if config.prompts % self.ctx.world_size:
-            raise ValueError(f"prompts ({config.prompts}) must be a multiple of the number of ranks "
-                             f"({self.ctx.world_size})")  # fmt: skip
+            raise ValueError(
+                f"prompts ({config.prompts}) must be a multiple of the number of ranks "
+                f"({self.ctx.world_size})"
+            )
         if config.minibatches > config.prompts // self.ctx.world_size:
-            raise ValueError(f"minibatches ({config.minibatches}) cannot exceed the prompts per rank "
-                             f"({config.prompts // self.ctx.world_size})")  # fmt: skip
+            raise ValueError(
+                f"minibatches ({config.minibatches}) cannot exceed the prompts per rank "
+                f"({config.prompts // self.ctx.world_size})"
+            )
         self.task = build.make_task(config)
         self.reward = make_reward(config.task.reward_values)
         self.run_dir = config.run_dir
@@ -82,11 +85,21 @@ class Trainer:
             raise ValueError(f"{self.run_dir} already holds a run; pass --resume, or choose another out=")
         path = build.model_path(config, self.task, self.ctx, resume_from)
         model, tokenizer = build.load_model(path, config, self.ctx.device)
-        self.model = distributed.wrap(model, self.ctx, "ddp" if config.rollout_backend == "vllm" else config.parallel)
+        self.model = distributed.wrap(
+            model, self.ctx, "ddp" if config.rollout_backend == "vllm" else config.parallel
+        )
         self.backend = build.make_backend(config, self.model, tokenizer, path, self.ctx.device)
-        self.policy = LMPolicy(self.model, tokenizer, config.sampling, token_budget=config.token_budget,
-                               chat_template=config.chat_template, backend=self.backend)  # fmt: skip
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.policy = LMPolicy(
+            self.model,
+            tokenizer,
+            config.sampling,
+            token_budget=config.token_budget,
+            chat_template=config.chat_template,
+            backend=self.backend,
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
         warm = config.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
@@ -155,12 +168,19 @@ class Trainer:
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(build.seed_of(cfg.seed, self.step, 2))
         metrics = policy_update(
-            self.policy.log_probs, self.optimizer, rollout, cfg.algorithm,
-            num_minibatches=cfg.minibatches, epochs=cfg.epochs, generator=generator,
-            old_logprobs=batch["old"], micro_batches=self._micro_batches,
-            parameters=list(self.policy.parameters()), max_grad_norm=cfg.max_grad_norm,
+            self.policy.log_probs,
+            self.optimizer,
+            rollout,
+            cfg.algorithm,
+            num_minibatches=cfg.minibatches,
+            epochs=cfg.epochs,
+            generator=generator,
+            old_logprobs=batch["old"],
+            micro_batches=self._micro_batches,
+            parameters=list(self.policy.parameters()),
+            max_grad_norm=cfg.max_grad_norm,
             **self._parallel_update_options(),
-        )  # fmt: skip
+        )
         metrics = distributed.mean_over_ranks(metrics, self.ctx)
         if hasattr(self.backend, "update_weights"):
             self.backend.update_weights(distributed.unwrap(self.model))
@@ -189,8 +209,11 @@ class Trainer:
     def _parallel_update_options(self) -> dict:
         if not self.ctx.distributed:
             return {}
-        return {"all_reduce": distributed.all_reduce_sum, "loss_scale": float(self.ctx.world_size),
-                "no_sync": distributed.no_sync(self.model)}  # fmt: skip
+        return {
+            "all_reduce": distributed.all_reduce_sum,
+            "loss_scale": float(self.ctx.world_size),
+            "no_sync": distributed.no_sync(self.model),
+        }
 
     def evaluate(self) -> dict:
         """Held-out metrics (computed on rank 0; the other ranks wait)."""
@@ -199,8 +222,14 @@ class Trainer:
         out = {}
         with distributed.gathered(self.model):
             if self.ctx.main:
-                out = evaluate(self.policy, self.task, self.eval_problems, cfg.eval_k, greedy=cfg.eval_greedy,
-                               seed=build.seed_of(cfg.seed, 3))  # fmt: skip
+                out = evaluate(
+                    self.policy,
+                    self.task,
+                    self.eval_problems,
+                    cfg.eval_k,
+                    greedy=cfg.eval_greedy,
+                    seed=build.seed_of(cfg.seed, 3),
+                )
             distributed.barrier(self.ctx)
         self.policy.model.train()
         out["perf/eval_s"] = time.perf_counter() - start
@@ -222,7 +251,9 @@ class Trainer:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise ValueError("tensorboard=true needs the tensorboard package: pip install tensorboard") from None
+                raise ValueError(
+                    "tensorboard=true needs the tensorboard package: pip install tensorboard"
+                ) from None
 
             tb = SummaryWriter(str(self.run_dir / "tensorboard"))
             writers.append(lambda r, s: [tb.add_scalar(k, v, s) for k, v in r.items() if math.isfinite(v)])
@@ -270,9 +301,9 @@ class Trainer:
                     bar.set_postfix(shown, refresh=False)
                 if self.nonfinite_streak >= cfg.max_nonfinite:
                     raise NonFiniteError(
-                        f"{self.nonfinite_streak} optimiser updates in a row had a non-finite loss or gradient "
-                        f"(max_nonfinite={cfg.max_nonfinite}); stopped at step {self.step}. The last checkpoint "
-                        f"in {self.run_dir} holds finite weights."
+                        f"{self.nonfinite_streak} optimiser updates in a row had a non-finite loss or "
+                        f"gradient (max_nonfinite={cfg.max_nonfinite}); stopped at step {self.step}. "
+                        f"The last checkpoint in {self.run_dir} holds finite weights."
                     )
                 if last or (cfg.save_every and self.step % cfg.save_every == 0):
                     self.save()
@@ -304,14 +335,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     evals = [r for r in records if "eval/avg@k" in r]
-    print(f"{trainer.run_name}: {trainer.step} steps in {time.perf_counter() - start:.0f} s; "
-          f"metrics in {trainer.log_path}")  # fmt: skip
+    print(
+        f"{trainer.run_name}: {trainer.step} steps in {time.perf_counter() - start:.0f} s; "
+        f"metrics in {trainer.log_path}"
+    )
     if evals:
         first, final = evals[0], evals[-1]
         for key in ("eval/avg@k", "eval/pass@k", "eval/maj@k", "eval/greedy"):
             if key in first:
-                print(f"  {key:14s} step {first['step']:>4d}: {first[key]:.3f}   step {final['step']:>4d}: "
-                      f"{final[key]:.3f}")  # fmt: skip
+                print(
+                    f"  {key:14s} step {first['step']:>4d}: {first[key]:.3f}   step {final['step']:>4d}: "
+                    f"{final[key]:.3f}"
+                )
     return 0
 
 

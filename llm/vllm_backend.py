@@ -55,36 +55,66 @@ class VLLMBackend:
     ``sleep_mode`` (GPU only) lets :meth:`sleep` release its memory.
     """
 
-    def __init__(self, path: str, tokenizer, *, dtype: str = "auto", max_model_len: int = 4096,
-                 gpu_memory_utilization: float = 0.4, sleep_mode: bool | None = None, seed: int = 0,
-                 enforce_eager: bool = False, trust_remote_code: bool = False):  # fmt: skip
+    def __init__(
+        self,
+        path: str,
+        tokenizer,
+        *,
+        dtype: str = "auto",
+        max_model_len: int = 4096,
+        gpu_memory_utilization: float = 0.4,
+        sleep_mode: bool | None = None,
+        seed: int = 0,
+        enforce_eager: bool = False,
+        trust_remote_code: bool = False,
+    ):
         vllm = _import_vllm()
         self._vllm = vllm
         cuda = torch.cuda.is_available()
         self.sleep_mode = cuda if sleep_mode is None else sleep_mode
         if self.sleep_mode and not cuda:
             raise ValueError("sleep_mode needs a GPU")
-        kwargs = dict(model=str(path), tokenizer=str(path), dtype=dtype, max_model_len=max_model_len, seed=seed,
-                      enforce_eager=enforce_eager, trust_remote_code=trust_remote_code,
-                      logprobs_mode="processed_logprobs", enable_prefix_caching=False)  # fmt: skip
+        kwargs = dict(
+            model=str(path),
+            tokenizer=str(path),
+            dtype=dtype,
+            max_model_len=max_model_len,
+            seed=seed,
+            enforce_eager=enforce_eager,
+            trust_remote_code=trust_remote_code,
+            logprobs_mode="processed_logprobs",
+            enable_prefix_caching=False,
+        )
         if cuda:
             kwargs.update(gpu_memory_utilization=gpu_memory_utilization, enable_sleep_mode=self.sleep_mode)
         self.llm = vllm.LLM(**kwargs)
         self.tokenizer = tokenizer
         self.asleep = False
 
-    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, n: int, sampling: SamplingConfig,
-                 greedy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def generate(
+        self,
+        prompt_ids: torch.Tensor,
+        prompt_mask: torch.Tensor,
+        n: int,
+        sampling: SamplingConfig,
+        greedy: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` responses per prompt (adjacent), right-padded, with the sampler's log-probs."""
         if self.asleep:
             self.wake_up()
         from vllm import SamplingParams
 
-        prompts = [{"prompt_token_ids": ids[m > 0].tolist()} for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())]
+        prompts = [
+            {"prompt_token_ids": ids[m > 0].tolist()} for ids, m in zip(prompt_ids.cpu(), prompt_mask.cpu())
+        ]
         params = SamplingParams(
-            n=n, temperature=0.0 if greedy else sampling.temperature, top_p=1.0 if greedy else sampling.top_p,
-            max_tokens=sampling.max_new_tokens, logprobs=0, seed=int(torch.randint(0, 2**31 - 1, ()).item()),
-        )  # fmt: skip
+            n=n,
+            temperature=0.0 if greedy else sampling.temperature,
+            top_p=1.0 if greedy else sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            logprobs=0,
+            seed=int(torch.randint(0, 2**31 - 1, ()).item()),
+        )
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         rows, logps = [], []
         for request in outputs:

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from .policy import LMPolicy, response_mask
 from pmdlab.rl.rollout import Rollout
+
+from .policy import LMPolicy, response_mask
 from .tasks import ArithmeticTask
 from .tiny import TinyModelConfig, build_model, build_tokenizer
 
@@ -79,13 +80,19 @@ def sft_loss(policy: LMPolicy, prompts: list[str], answers: list[str]) -> torch.
     width = max(map(len, rows))
     tokens = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows], device=ids.device)
     mask = response_mask(tokens, tok.eos_token_id)
-    batch = Rollout(group_ids=torch.arange(len(rows)), tokens=tokens, mask=mask, prompts=ids,
-                    extras={"prompt_mask": pmask})  # fmt: skip
+    batch = Rollout(
+        group_ids=torch.arange(len(rows)),
+        tokens=tokens,
+        mask=mask,
+        prompts=ids,
+        extras={"prompt_mask": pmask},
+    )
     return -(policy.log_probs(batch) * mask).sum() / mask.sum()
 
 
-def warm_start(model_config: TinyModelConfig, task: ArithmeticTask, config: WarmStartConfig,
-               progress: bool = False) -> Path:  # fmt: skip
+def warm_start(
+    model_config: TinyModelConfig, task: ArithmeticTask, config: WarmStartConfig, progress: bool = False
+) -> Path:
     """The path of the warm-started tiny model for this task (trained and cached on first use)."""
     path = cache_root(config) / f"tiny-{_key(model_config, task, config)}"
     if (path / "config.json").is_file():

@@ -53,7 +53,9 @@ TABLE: dict[str, Entry] = {
         losses.pmd, ("partition", "leave_one_out_partition"), "seq_mean_token_mean", {"tau_scaled": False}
     ),
     "grpo": Entry(losses.grpo, ("mean_std", "mean"), "token_mean", {"clip_low": 0.2, "clip_high": 0.2}),
-    "gspo": Entry(losses.gspo, ("mean_std", "mean"), "seq_mean_token_sum", {"clip_low": 3e-4, "clip_high": 4e-4}),
+    "gspo": Entry(
+        losses.gspo, ("mean_std", "mean"), "seq_mean_token_sum", {"clip_low": 3e-4, "clip_high": 4e-4}
+    ),
     "rloo": Entry(losses.rloo, ("leave_one_out", "mean"), "seq_mean_token_sum"),
 }
 
@@ -91,7 +93,9 @@ class Algorithm:
             raise ValueError(f"algorithm must be one of {ALGORITHMS}, got {self.name!r}")
         entry = TABLE[self.name]
         if self.baseline is not None and self.baseline not in entry.baselines:
-            raise ValueError(f"{self.name}'s baseline must be one of {entry.baselines}, got {self.baseline!r}")
+            raise ValueError(
+                f"{self.name}'s baseline must be one of {entry.baselines}, got {self.baseline!r}"
+            )
         if self.aggregation is not None and self.aggregation not in losses.AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {losses.AGGREGATIONS}, got {self.aggregation!r}")
         if entry.loss is losses.pmd and not (self.tau > 0):
@@ -117,14 +121,18 @@ class Algorithm:
 
     def options(self) -> dict:
         """The loss's own hyper-parameters: the table's defaults, overridden where set."""
-        out = {k: (v if getattr(self, k) is None else getattr(self, k)) for k, v in self.entry.options.items()}
+        out = {
+            k: (v if getattr(self, k) is None else getattr(self, k)) for k, v in self.entry.options.items()
+        }
         if self.is_pmd:
             out["tau"] = self.tau
         return out
 
     def advantages(self, rewards, groups, weights=None) -> torch.Tensor:
         """Advantages of a whole rollout batch from its rewards and groups (docs/math.md §5–6)."""
-        return group_advantages(rewards, groups, baseline=self.resolved_baseline, tau=self.tau, weights=weights)
+        return group_advantages(
+            rewards, groups, baseline=self.resolved_baseline, tau=self.tau, weights=weights
+        )
 
     def normalizer(self, mask, weights=None) -> torch.Tensor:
         """The loss normaliser of a (mini)batch; see :func:`pmdlab.rl.losses.loss_normalizer`."""
@@ -156,4 +164,3 @@ class Algorithm:
             chi2 = losses.pmd_group_diagnostics(delta, target, groups, self.tau, w)["chi2_weight"]
             out.metrics["chi2_weight"] = chi2.mean()
         return out
-

@@ -80,7 +80,9 @@ class Groups:
             raise ValueError("sizes must be a non-empty one-dimensional list of group sizes")
         if (sizes <= 0).any():
             bad = int(torch.nonzero(sizes <= 0)[0])
-            raise ValueError(f"sizes[{bad}] = {int(sizes[bad])}: every group needs at least one response (empty group)")
+            raise ValueError(
+                f"sizes[{bad}] = {int(sizes[bad])}: every group needs at least one response (empty group)"
+            )
         index = torch.repeat_interleave(torch.arange(sizes.numel(), device=sizes.device), sizes)
         return cls(index=index, sizes=sizes, contiguous=True)
 

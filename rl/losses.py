@@ -146,7 +146,11 @@ def loss_normalizer(mask, aggregation: str, weights=None, max_length: int | None
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
     mask = torch.as_tensor(mask)
     dtype = mask.dtype if mask.is_floating_point() else torch.get_default_dtype()
-    w = torch.ones(mask.shape[0], dtype=dtype, device=mask.device) if weights is None else torch.as_tensor(weights)
+    w = (
+        torch.ones(mask.shape[0], dtype=dtype, device=mask.device)
+        if weights is None
+        else torch.as_tensor(weights)
+    )
     if aggregation == "token_mean":
         return (w * mask.sum(dim=-1).to(w.dtype)).sum()
     if aggregation == "seq_mean_token_sum_norm":

@@ -57,7 +57,9 @@ class Rollout:
 
     def to_dict(self) -> dict:
         """Every field by name (for ``torch.save``); :meth:`from_dict` inverts it."""
-        return {f.name: dict(self.extras) if f.name == "extras" else getattr(self, f.name) for f in fields(self)}
+        return {
+            f.name: dict(self.extras) if f.name == "extras" else getattr(self, f.name) for f in fields(self)
+        }
 
     @classmethod
     def from_dict(cls, data: dict, device=None) -> "Rollout":

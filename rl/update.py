@@ -39,8 +39,9 @@ from .rollout import Rollout
 __all__ = ["minibatches", "policy_update"]
 
 
-def minibatches(groups: Groups, count: int, generator: torch.Generator | None = None,
-                by: str = "group") -> list[torch.Tensor]:  # fmt: skip
+def minibatches(
+    groups: Groups, count: int, generator: torch.Generator | None = None, by: str = "group"
+) -> list[torch.Tensor]:
     """Shuffle the batch into ``count`` near-equal minibatches of response indices.
 
     ``by="group"`` keeps each group whole (groups are dealt out in a random
@@ -160,7 +161,9 @@ def policy_update(
             total = total + out.loss.detach()
             share = len(micro) / len(sub)
             for k, v in out.metrics.items():
-                history.setdefault(k, []).append(v.detach() * share if micro_batches is not None else v.detach())
+                history.setdefault(k, []).append(
+                    v.detach() * share if micro_batches is not None else v.detach()
+                )
         if all_reduce is not None:
             total = all_reduce(torch.as_tensor(total, dtype=torch.float64, device=normalizer.device).clone())
         ok = bool(torch.isfinite(total))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import paper_repro
-from pmdlab.llm import metrics_log
 from figures import FIGURES_IN_ORDER
+from pmdlab.llm import metrics_log
 
 DRAWN = list(FIGURES_IN_ORDER)
 
@@ -86,13 +86,30 @@ def test_rerun_reads_the_cache_and_a_metrics_log_draws_the_llm_figure(quick_run,
     rows = []
     for alg in ("pmd_mean", "grpo"):
         for step in range(0, 30, 10):
-            rows.append({"run": alg, "algorithm": alg, "step": step, "train/reward": 0.3 + step / 100,
-                         "train/response_length": 20 - step / 10, "train/entropy": 1.0 - step / 60})  # fmt: skip
-            rows.append({"run": alg, "algorithm": alg, "step": step, "eval/avg@k": 0.2 + step / 200,
-                         "eval/pass@k": 0.5 + step / 100, "eval/maj@k": 0.25 + step / 150})  # fmt: skip
+            rows.append(
+                {
+                    "run": alg,
+                    "algorithm": alg,
+                    "step": step,
+                    "train/reward": 0.3 + step / 100,
+                    "train/response_length": 20 - step / 10,
+                    "train/entropy": 1.0 - step / 60,
+                }
+            )
+            rows.append(
+                {
+                    "run": alg,
+                    "algorithm": alg,
+                    "step": step,
+                    "eval/avg@k": 0.2 + step / 200,
+                    "eval/pass@k": 0.5 + step / 100,
+                    "eval/maj@k": 0.25 + step / 150,
+                }
+            )
     log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    code = paper_repro.main(["--quick", "--out", out, "--figure", "update_map", "--figure", "llm",
-                             "--llm-log", str(log)])  # fmt: skip
+    code = paper_repro.main(
+        ["--quick", "--out", out, "--figure", "update_map", "--figure", "llm", "--llm-log", str(log)]
+    )
     assert code == 0
     report = open(os.path.join(out, "REPORT.md")).read()
     assert "read from cache" in report  # update_map's numbers were not recomputed
@@ -109,7 +126,10 @@ def test_malformed_metrics_log_names_the_line(tmp_path):
 
 def test_without_logs_the_llm_figure_comes_from_a_cpu_comparison_on_one_footing(quick_run):
     out = quick_run[0]
-    logs = {alg: metrics_log.read([os.path.join(out, "llm", alg, "metrics.jsonl")]) for alg in ("pmd_mean", "grpo")}
+    logs = {
+        alg: metrics_log.read([os.path.join(out, "llm", alg, "metrics.jsonl")])
+        for alg in ("pmd_mean", "grpo")
+    }
     steps = {alg: [r["step"] for r in records] for alg, records in logs.items()}
     assert steps["pmd_mean"] == steps["grpo"] and steps["pmd_mean"][-1] > 0
     # Same seed and data: both start from the same warm-started model, so the step-0 evaluation agrees.

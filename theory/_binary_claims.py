@@ -6,7 +6,18 @@ import mpmath as mp
 import numpy as np
 
 from . import binary, iterate, symbolic
-from ._registry import binary_pairs as _binary_pairs, general_instances as _general, registrar, worst as _worst
+from ._registry import (
+    binary_pairs as _binary_pairs,
+)
+from ._registry import (
+    general_instances as _general,
+)
+from ._registry import (
+    registrar,
+)
+from ._registry import (
+    worst as _worst,
+)
 from .omega import wright_omega
 from .updates import pmd_mean, pmd_part
 
@@ -32,17 +43,28 @@ def _binary_p_only(rng):
     r[:, :3] = 1.0
     for _ in range(3):
         w = rng.dirichlet(np.ones(k), size=n)
-        pi = np.concatenate([w[:, :3] / w[:, :3].sum(1, keepdims=True) * p[:, None],
-                             w[:, 3:] / w[:, 3:].sum(1, keepdims=True) * (1 - p[:, None])], axis=1)  # fmt: skip
+        pi = np.concatenate(
+            [
+                w[:, :3] / w[:, :3].sum(1, keepdims=True) * p[:, None],
+                w[:, 3:] / w[:, 3:].sum(1, keepdims=True) * (1 - p[:, None]),
+            ],
+            axis=1,
+        )
         res = pmd_mean(pi, r, tau, method="general")
         step = binary.pmd_mean_step(p, tau)
         worst = _worst(
             worst,
             np.abs(res.policy[:, :3].sum(1) - step.success).max(),
-            (np.abs(res.log_ratio[:, 0] - step.log_ratio_correct) / np.maximum(1, np.abs(step.log_ratio_correct))).max(),
-            (np.abs(res.log_ratio[:, 5] - step.log_ratio_incorrect) / np.maximum(1, np.abs(step.log_ratio_incorrect))).max(),
+            (
+                np.abs(res.log_ratio[:, 0] - step.log_ratio_correct)
+                / np.maximum(1, np.abs(step.log_ratio_correct))
+            ).max(),
+            (
+                np.abs(res.log_ratio[:, 5] - step.log_ratio_incorrect)
+                / np.maximum(1, np.abs(step.log_ratio_incorrect))
+            ).max(),
             (np.abs(res.lam - step.lam) / step.lam).max(),
-        )  # fmt: skip
+        )
     return 3 * n, worst
 
 
@@ -72,7 +94,8 @@ def _binary_table(rng):
 
 @proposition(
     "small_tau_limits",
-    "as tau -> 0 at fixed p: PMD-mean log rho_0 -> -p/tau, beta -> p(1-p)/2; PMD-part log rho_0 ~ -1/tau - log p",
+    "as tau -> 0 at fixed p: PMD-mean log rho_0 -> -p/tau, beta -> p(1-p)/2; "
+    "PMD-part log rho_0 ~ -1/tau - log p",
     "relative error of the asymptotic forms at tau = 1e-4 (p in [0.05, 0.95])",
     2e-3,
 )
@@ -113,8 +136,11 @@ def _reward_scale(rng):
     worst = 0.0
     for update in (pmd_mean, pmd_part):
         a, b = update(pi, 2 * r - 1, tau), update(pi, r, tau / 2)
-        worst = _worst(worst, np.abs(a.policy - b.policy),
-                       np.abs(a.log_ratio - b.log_ratio) / np.maximum(1, np.abs(b.log_ratio)))  # fmt: skip
+        worst = _worst(
+            worst,
+            np.abs(a.policy - b.policy),
+            np.abs(a.log_ratio - b.log_ratio) / np.maximum(1, np.abs(b.log_ratio)),
+        )
     return 2 * n, worst
 
 
@@ -144,8 +170,13 @@ def _multi_step(rng):
     8.0,
 )
 def _omega(rng):
-    z = np.concatenate([rng.uniform(-60, 60, 400), -np.exp(rng.uniform(0, np.log(700), 100)),
-                        np.exp(rng.uniform(-20, np.log(1e12), 100))])  # fmt: skip
+    z = np.concatenate(
+        [
+            rng.uniform(-60, 60, 400),
+            -np.exp(rng.uniform(0, np.log(700), 100)),
+            np.exp(rng.uniform(-20, np.log(1e12), 100)),
+        ]
+    )
     w = wright_omega(z)
     worst = 0.0
     with mp.workdps(40):
@@ -170,4 +201,3 @@ def _symbolic(rng):
     claims = symbolic.residuals()
     failed = sum(not symbolic.residual_vanishes(expr, rewrite, rng) for _, expr, rewrite in claims)
     return len(claims), float(failed)
-

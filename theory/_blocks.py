@@ -109,7 +109,9 @@ def row_stats(pi: np.ndarray, r: np.ndarray, batch_shape: tuple[int, ...]) -> Ro
     """
     n, k = pi.shape
     pmin = np.empty(n)
-    st = RowStats(*(np.empty(n) for _ in range(5)), np.empty(n, dtype=bool), *(np.full(n, np.nan) for _ in range(5)))
+    st = RowStats(
+        *(np.empty(n) for _ in range(5)), np.empty(n, dtype=bool), *(np.full(n, np.nan) for _ in range(5))
+    )
 
     def block(i0, i1):
         sl = slice(i0, i1)
@@ -119,20 +121,42 @@ def row_stats(pi: np.ndarray, r: np.ndarray, batch_shape: tuple[int, ...]) -> Ro
         st.rmin[sl], st.rmax[sl] = rr.min(axis=1), rr.max(axis=1)
         with np.errstate(invalid="ignore"):
             st.mean_hi[sl] = rowdot(p, rr) / total
-        _row_kernels.mean_and_masses(p, rr, total, st.rmin[sl], st.rmax[sl], st.mean_hi[sl], st.mean_lo[sl],
-                                 st.mass_max[sl], st.mass_min[sl], st.two_valued[sl])  # fmt: skip
+        _row_kernels.mean_and_masses(
+            p,
+            rr,
+            total,
+            st.rmin[sl],
+            st.rmax[sl],
+            st.mean_hi[sl],
+            st.mean_lo[sl],
+            st.mass_max[sl],
+            st.mass_min[sl],
+            st.two_valued[sl],
+        )
 
     map_blocks(block, n, k)
     bad_pi = ~(pmin >= 0)
     if bad_pi.any():
-        _raise_first(pi, "pi", bad_pi, batch_shape, lambda x: ~((x >= 0) & np.isfinite(x)),
-                     "must be finite and non-negative")  # fmt: skip
+        _raise_first(
+            pi,
+            "pi",
+            bad_pi,
+            batch_shape,
+            lambda x: ~((x >= 0) & np.isfinite(x)),
+            "must be finite and non-negative",
+        )
     off = np.abs(st.total - 1.0)
     if not off.max() <= SIMPLEX_ATOL:
         row = int(np.argmax(~(off <= SIMPLEX_ATOL)))
         if not np.isfinite(st.total[row]):
-            _raise_first(pi, "pi", ~(off <= SIMPLEX_ATOL), batch_shape,
-                         lambda x: ~np.isfinite(x), "must be finite and non-negative")  # fmt: skip
+            _raise_first(
+                pi,
+                "pi",
+                ~(off <= SIMPLEX_ATOL),
+                batch_shape,
+                lambda x: ~np.isfinite(x),
+                "must be finite and non-negative",
+            )
         raise ValueError(
             f"pi must sum to 1 over its last axis (tolerance {SIMPLEX_ATOL:g}); "
             f"pi{_index(row, batch_shape)} sums to {st.total[row]!r}"
@@ -150,8 +174,9 @@ def target_stats(pi, r, tau, st: RowStats) -> None:
     def block(i0, i1):
         sl = slice(i0, i1)
         b = st.rows(sl)
-        _row_kernels.target_moments(pi[sl], r[sl], tau[sl], b.total, b.mean_hi, b.mean_lo,
-                                np.arange(i1 - i0), b.var, b.amax, b.amin)  # fmt: skip
+        _row_kernels.target_moments(
+            pi[sl], r[sl], tau[sl], b.total, b.mean_hi, b.mean_lo, np.arange(i1 - i0), b.var, b.amax, b.amin
+        )
 
     map_blocks(block, n, k)
 

@@ -184,8 +184,9 @@ def solve_block_into(pi, r, tau, st: RowStats, u0, policy, log_ratio, lam) -> No
         small = u_new[rest] < _LOG_SMALL_LAMBDA
         with np.errstate(divide="ignore"):
             hi_rest = np.where(small, np.log(st.amax[rest]), hi[rest])
-        u_new[rest], w[rest] = _finish_rows(pi[rest] * inv_s[rest, None], a_rest, u_new[rest],
-                                            np.where(small, -np.inf, lo[rest]), hi_rest)  # fmt: skip
+        u_new[rest], w[rest] = _finish_rows(
+            pi[rest] * inv_s[rest, None], a_rest, u_new[rest], np.where(small, -np.inf, lo[rest]), hi_rest
+        )
         d[rest] = 0.0
     u_new[~live] = -np.inf
     lam[...] = np.exp(u_new)

@@ -8,7 +8,18 @@ from scipy.optimize import minimize
 from scipy.special import softmax
 
 from . import binary, divergences
-from ._registry import binary_pairs as _binary_pairs, general_instances as _general, registrar, worst as _worst
+from ._registry import (
+    binary_pairs as _binary_pairs,
+)
+from ._registry import (
+    general_instances as _general,
+)
+from ._registry import (
+    registrar,
+)
+from ._registry import (
+    worst as _worst,
+)
 from .mixed import mixed_kl_chi2_argmax
 from .reference import binary_mean_reference, pmd_mean_reference
 from .updates import pmd_mean, pmd_part
@@ -55,7 +66,7 @@ def _regression_minimiser(rng):
         pi, r, tau = _general(rng, 1, k, tau_range=(0.05, 5.0), concentration=(0.5, 3.0))
         ours = float(divergences.pmd_mean_regression_loss(pmd_mean(pi, r, tau).policy, pi, r, tau)[0])
 
-        def loss(z):
+        def loss(z, pi=pi, r=r, tau=tau):
             return float(divergences.pmd_mean_regression_loss(softmax(z)[None], pi, r, tau)[0])
 
         best = min(
@@ -242,8 +253,12 @@ def _reference(rng):
         k = int(rng.integers(2, 9))
         pi, r, tau = _general(rng, 1, k, tau_range=(1e-2, 10.0), concentration=(0.3, 3.0))
         res, ref = pmd_mean(pi, r, tau), pmd_mean_reference(pi[0], r[0], tau[0])
-        worst = _worst(worst, _rel_err(res.policy[0], ref.policy), _rel_err(res.log_ratio[0], ref.log_ratio),
-                       _rel_err(res.lam, [ref.lam]))  # fmt: skip
+        worst = _worst(
+            worst,
+            _rel_err(res.policy[0], ref.policy),
+            _rel_err(res.log_ratio[0], ref.log_ratio),
+            _rel_err(res.lam, [ref.lam]),
+        )
         count += 1
     p, t = _binary_pairs(rng, 12, p_min=1e-6, tau_min=1e-3)
     step = binary.pmd_mean_step(p, t)
@@ -281,5 +296,3 @@ def _extreme(rng):
         worst = _worst(worst, bad, np.abs(res.policy.sum(axis=1) - 1))
         count += 2
     return count, worst
-
-

@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = ["Outcome", "Proposition", "binary_pairs", "general_instances", "registrar", "run", "worst"]
 
+
 @dataclass(frozen=True)
 class Proposition:
     """``check(rng) -> (instances, worst error)``; ``checked`` says what that error measures."""
@@ -47,8 +48,10 @@ class Outcome:
     def summary(self) -> str:
         """``name: error E <= tolerance T (what was measured, N instances)``, or ``>`` if it fails."""
         relation = "<=" if self.passed else ">"
-        return (f"{self.proposition.name}: error {self.worst:.3e} {relation} tolerance {self.tolerance:.3e} "
-                f"({self.proposition.checked}; {self.instances} instances)")  # fmt: skip
+        return (
+            f"{self.proposition.name}: error {self.worst:.3e} {relation} tolerance {self.tolerance:.3e} "
+            f"({self.proposition.checked}; {self.instances} instances)"
+        )
 
 
 def registrar(claims: list[Proposition]):
@@ -92,7 +95,6 @@ def binary_pairs(rng, n: int, p_min: float = 1e-9, tau_min: float = 1e-4, tau_ma
     p = np.clip(p, p_min, 1 - p_min)
     tau = np.exp(rng.uniform(np.log(tau_min), np.log(tau_max), size=n))
     return p, tau
-
 
 
 def run(propositions: list[Proposition], seed: int = 0, names: list[str] | None = None) -> list[Outcome]:

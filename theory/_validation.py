@@ -53,7 +53,8 @@ def check_policy(pi, name: str = "pi") -> np.ndarray:
         bad = _first_bad_index(off > SIMPLEX_ATOL)
         where = f"row {list(bad)}" if bad else "it"
         raise ValueError(
-            f"{name} must sum to 1 over its last axis (tolerance {SIMPLEX_ATOL:g}); {where} sums to {total[bad]!r}"
+            f"{name} must sum to 1 over its last axis (tolerance {SIMPLEX_ATOL:g}); "
+            f"{where} sums to {total[bad]!r}"
         )
     return arr
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validation import check_positive, check_probability
 from ._rootfind import solve_rows
+from ._validation import check_positive, check_probability
 
 __all__ = [
     "BinaryMeanStep",
@@ -54,12 +54,23 @@ def solve_two_point(p: np.ndarray, a1: np.ndarray, a0: np.ndarray, rough: bool =
     p, a1, a0 = np.broadcast_arrays(*(np.asarray(x, dtype=np.float64) for x in (p, a1, a0)))
     p, a1, a0 = p.reshape(-1), a1.reshape(-1), a0.reshape(-1)
     logp = np.log(p)
-    logq = np.log1p(-p) if q is None else np.log(np.broadcast_to(np.asarray(q, dtype=np.float64), p.shape).reshape(-1))
+    logq = (
+        np.log1p(-p)
+        if q is None
+        else np.log(np.broadcast_to(np.asarray(q, dtype=np.float64), p.shape).reshape(-1))
+    )
     with np.errstate(divide="ignore"):
         hi = np.log(a1)
     u = np.minimum(_two_point_start(p, a1, logp, logq), hi)
-    u, s, _ = solve_rows(np.stack([a1, a0], axis=-1), np.stack([logp, logq], axis=-1), u,
-                         np.full(u.shape, -np.inf), hi, tol=1e-3 if rough else 1e-9, bounded=True)  # fmt: skip
+    u, s, _ = solve_rows(
+        np.stack([a1, a0], axis=-1),
+        np.stack([logp, logq], axis=-1),
+        u,
+        np.full(u.shape, -np.inf),
+        hi,
+        tol=1e-3 if rough else 1e-9,
+        bounded=True,
+    )
     if rough:
         return u, None, None
     return u, s[:, 0], s[:, 1]
@@ -89,9 +100,7 @@ def _solve_binary(p: np.ndarray, tau: np.ndarray):
     s1, s0 = a1.copy(), a0.copy()
     interior = (p > 0) & (p < 1)
     if interior.any():
-        u[interior], s1[interior], s0[interior] = solve_two_point(
-            p[interior], a1[interior], a0[interior]
-        )
+        u[interior], s1[interior], s0[interior] = solve_two_point(p[interior], a1[interior], a0[interior])
     return u.reshape(shape), s1.reshape(shape), s0.reshape(shape)
 
 

@@ -113,7 +113,9 @@ def mixed_kl_chi2_argmax(pi, r, tau, beta) -> MixedResult:
         L = logsumexp(lw, axis=1)
         weights = np.exp(lw - L[:, None])
         with np.errstate(over="ignore", invalid="ignore"):  # e^x of actions off the support
-            dL = -np.sum(np.where(support, weights / (tau_b[:, None] + 2.0 * beta_b[:, None] * np.exp(x)), 0.0), axis=1)
+            dL = -np.sum(
+                np.where(support, weights / (tau_b[:, None] + 2.0 * beta_b[:, None] * np.exp(x)), 0.0), axis=1
+            )
         lo = np.where(L > 0, mu, lo)
         hi = np.where(L < 0, mu, hi)
         new = mu - L / dL
@@ -128,6 +130,4 @@ def mixed_kl_chi2_argmax(pi, r, tau, beta) -> MixedResult:
     x = x_of(mu)
     with np.errstate(over="ignore"):
         policy = np.where(support, np.exp(log_pi + x), 0.0)
-    return MixedResult(
-        policy=policy.reshape(shape), log_ratio=x.reshape(shape), multiplier=mu.reshape(batch)
-    )
+    return MixedResult(policy=policy.reshape(shape), log_ratio=x.reshape(shape), multiplier=mu.reshape(batch))

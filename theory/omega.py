@@ -138,7 +138,9 @@ def omega_derivatives(w, order: int = 3) -> list[np.ndarray]:
     return [x.reshape(w.shape) for x in out]
 
 
-def log_ratio_from_omega(a: np.ndarray, u: np.ndarray, w: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+def log_ratio_from_omega(
+    a: np.ndarray, u: np.ndarray, w: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
     """``s = a - omega(a + u)``, written ``log omega - u`` where ``omega > 16``.
 
     Both are equal (``log omega = z - omega``); the second avoids the

@@ -70,10 +70,14 @@ def _apply_lambert_identity(expr: sp.Expr) -> sp.Expr:
     """Rewrite ``exp(-W(x))`` as ``W(x)/x`` (from ``W e^W = x``) everywhere."""
     expr = sp.expand(expr, power_exp=True)
     return expr.replace(
-        lambda e: e.func is sp.exp and e.args[0].func is sp.Mul and -e.args[0] != e.args[0]
-        and isinstance(-e.args[0], sp.LambertW),
+        lambda e: (
+            e.func is sp.exp
+            and e.args[0].func is sp.Mul
+            and -e.args[0] != e.args[0]
+            and isinstance(-e.args[0], sp.LambertW)
+        ),
         lambda e: (-e.args[0]) / (-e.args[0]).args[0],
-    )  # fmt: skip
+    )
 
 
 def pmd_part_solution(check: Check = _zero) -> dict[str, sp.Expr]:
@@ -231,9 +235,16 @@ def omega_derivatives(check: Check = _zero) -> dict[str, sp.Expr]:
 
 
 DERIVATIONS: tuple[Callable[..., dict[str, sp.Expr]], ...] = (
-    pmd_part_solution, pmd_mean_stationarity, lambert_w_solution, mixed_objective_equivalence,
-    lambda_is_kl, binary_targets, reward_scale, small_tau_chi2_weight, omega_derivatives,
-)  # fmt: skip
+    pmd_part_solution,
+    pmd_mean_stationarity,
+    lambert_w_solution,
+    mixed_objective_equivalence,
+    lambda_is_kl,
+    binary_targets,
+    reward_scale,
+    small_tau_chi2_weight,
+    omega_derivatives,
+)
 
 
 def derive_all(check: Check = _zero) -> dict[str, dict[str, sp.Expr]]:
@@ -284,7 +295,8 @@ def numeric_residual(expr: sp.Expr, rng: np.random.Generator, points: int = 3, d
     return float(np.max(values))
 
 
-def residual_vanishes(expr: sp.Expr, rewrite: Rewrite, rng: np.random.Generator,
-                      tolerance: float = 1e-30) -> bool:  # fmt: skip
+def residual_vanishes(
+    expr: sp.Expr, rewrite: Rewrite, rng: np.random.Generator, tolerance: float = 1e-30
+) -> bool:
     """Whether ``simplify(rewrite(expr)) == 0`` and ``|expr| <= tolerance`` at random points (50 digits)."""
     return simplified_residual(expr, rewrite) == 0 and numeric_residual(expr, rng) <= tolerance

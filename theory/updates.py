@@ -242,8 +242,18 @@ def _two_valued(pi2, r2, tau_rows, stats, out) -> None:
 
     def block(i0, i1):
         sl = slice(i0, i1)
-        _kernels.two_valued_outputs(pi2[sl], r2[sl], stats.rmax[sl], step[sl], shift[sl], base[sl],
-                                    rho_lo[sl], rho_step[sl], out.policy[sl], out.log_ratio[sl])  # fmt: skip
+        _kernels.two_valued_outputs(
+            pi2[sl],
+            r2[sl],
+            stats.rmax[sl],
+            step[sl],
+            shift[sl],
+            base[sl],
+            rho_lo[sl],
+            rho_step[sl],
+            out.policy[sl],
+            out.log_ratio[sl],
+        )
 
     _blocks.map_blocks(block, n, k)
     if max(s_hi.max(), s_lo.max()) >= 700.0:  # a ratio past e^700 (a group of mass < 1e-300)
@@ -287,4 +297,6 @@ def _grouped(pi2, tau_rows, stats, groups, out) -> None:
     out.mean_reward, out.lam[...] = group.mean_reward, group.lam
     out.log_ratio[...] = np.take_along_axis(group.log_ratio, index, axis=1)
     with np.errstate(divide="ignore"):
-        out.policy[...] = _multiplier.policy_from_log_ratio(pi2, 1.0 / stats.total, out.log_ratio, np.log(out.lam))
+        out.policy[...] = _multiplier.policy_from_log_ratio(
+            pi2, 1.0 / stats.total, out.log_ratio, np.log(out.lam)
+        )

@@ -19,10 +19,16 @@ def format_table(outcomes: list[Outcome], markdown: bool = False) -> str:
     """The outcomes as a fixed-width text table, or as a Markdown table."""
     header = ["proposition", "checked", "instances", "worst error", "tolerance", "result"]
     rows = [
-        [o.proposition.name, o.proposition.checked, str(o.instances), f"{o.worst:.2e}",
-         f"{o.tolerance:.2e}", "pass" if o.passed else "FAIL"]
+        [
+            o.proposition.name,
+            o.proposition.checked,
+            str(o.instances),
+            f"{o.worst:.2e}",
+            f"{o.tolerance:.2e}",
+            "pass" if o.passed else "FAIL",
+        ]
         for o in outcomes
-    ]  # fmt: skip
+    ]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
@@ -43,7 +49,9 @@ def _clip(text: str, width: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pmdlab.theory.verify", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pmdlab.theory.verify", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the random instances (default 0)")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="run only these propositions")
     parser.add_argument("--list", action="store_true", help="list the propositions and their statements")
@@ -58,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(outcomes, markdown=args.markdown))
     failed = [o.proposition.name for o in outcomes if not o.passed]
     elapsed = time.perf_counter() - t0
-    print(f"\n{len(outcomes) - len(failed)} of {len(outcomes)} propositions pass ({elapsed:.1f} s, seed {args.seed})")
+    print(
+        f"\n{len(outcomes) - len(failed)} of {len(outcomes)} propositions pass "
+        f"({elapsed:.1f} s, seed {args.seed})"
+    )
     if failed:
         print("failed: " + ", ".join(failed))
     return 1 if failed else 0

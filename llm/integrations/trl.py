@@ -48,24 +48,43 @@ class PMDConfig(GRPOConfig):
 
     pmd_loss: str = field(default="pmd_mean", metadata={"help": "pmd_mean or pmd_part."})
     pmd_tau: float = field(default=1.0, metadata={"help": "PMD's tau: the regression target is A / tau."})
-    pmd_baseline: str | None = field(default=None, metadata={
-        "help": "mean or leave_one_out (pmd_mean); partition or leave_one_out_partition (pmd_part)."})
-    pmd_aggregation: str | None = field(default=None, metadata={
-        "help": "seq_mean_token_mean (default), seq_mean_token_sum, seq_mean_token_sum_norm or token_mean."})
-    pmd_tau_scaled: bool = field(default=False, metadata={"help": "Multiply the loss by tau (the authors' code)."})
+    pmd_baseline: str | None = field(
+        default=None,
+        metadata={
+            "help": "mean or leave_one_out (pmd_mean); partition or leave_one_out_partition (pmd_part)."
+        },
+    )
+    pmd_aggregation: str | None = field(
+        default=None,
+        metadata={
+            "help": (
+                "seq_mean_token_mean (default), seq_mean_token_sum, seq_mean_token_sum_norm or token_mean."
+            )
+        },
+    )
+    pmd_tau_scaled: bool = field(
+        default=False, metadata={"help": "Multiply the loss by tau (the authors' code)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
         if self.pmd_loss not in ("pmd_mean", "pmd_part"):
             raise ValueError(f"pmd_loss must be pmd_mean or pmd_part, got {self.pmd_loss!r}")
         if self.beta != 0.0:
-            raise ValueError(f"beta must be 0 with a PMD loss (its regularisation is pmd_tau), got {self.beta}")
+            raise ValueError(
+                f"beta must be 0 with a PMD loss (its regularisation is pmd_tau), got {self.beta}"
+            )
         self.pmd_algorithm()  # validates tau, baseline and aggregation
 
     def pmd_algorithm(self) -> Algorithm:
-        return Algorithm(name=self.pmd_loss, tau=self.pmd_tau, baseline=self.pmd_baseline,
-                         aggregation=self.pmd_aggregation, max_length=self.max_completion_length,
-                         tau_scaled=self.pmd_tau_scaled)  # fmt: skip
+        return Algorithm(
+            name=self.pmd_loss,
+            tau=self.pmd_tau,
+            baseline=self.pmd_baseline,
+            aggregation=self.pmd_aggregation,
+            max_length=self.max_completion_length,
+            tau_scaled=self.pmd_tau_scaled,
+        )
 
 
 class PMDTrainer(GRPOTrainer):
@@ -104,21 +123,30 @@ class PMDTrainer(GRPOTrainer):
         completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
         input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
-        out = self._get_per_token_logps_and_entropies(model, input_ids, attention_mask, completion_ids.size(1),
-                                                      compute_entropy=True)  # fmt: skip
+        out = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True
+        )
         logprobs, entropies = out[0], out[1]
         old = inputs.get("old_per_token_logps")
         old = logprobs.detach() if old is None else old
         mask = completion_mask.to(logprobs.dtype)
         if "tool_mask" in inputs:
             mask = mask * inputs["tool_mask"]
-        result = self.pmd.loss(logprobs, old, mask, inputs["advantages"], groups=Groups.from_ids(
-            inputs["pmd_group_ids"]), normalizer=self._pmd_normalizer(inputs, mask))  # fmt: skip
+        result = self.pmd.loss(
+            logprobs,
+            old,
+            mask,
+            inputs["advantages"],
+            groups=Groups.from_ids(inputs["pmd_group_ids"]),
+            normalizer=self._pmd_normalizer(inputs, mask),
+        )
         mode = "train" if self.model.training else "eval"
         for name, value in result.metrics.items():
             self._metrics[mode][f"pmd/{name}"].append(float(value))
         if entropies is not None:
-            self._metrics[mode]["entropy"].append(float((entropies.detach() * mask).sum() / mask.sum().clamp(min=1)))
+            self._metrics[mode]["entropy"].append(
+                float((entropies.detach() * mask).sum() / mask.sum().clamp(min=1))
+            )
         return result.loss
 
     def _pmd_normalizer(self, inputs, mask) -> torch.Tensor:
@@ -127,6 +155,8 @@ class PMDTrainer(GRPOTrainer):
         train = self.model.training
         accumulation = self.current_gradient_accumulation_steps if train else 1
         if self.pmd.resolved_aggregation == "token_mean":
-            tokens = inputs["num_items_in_batch"].to(mask.dtype).clamp(min=1.0) / self.accelerator.num_processes
+            tokens = (
+                inputs["num_items_in_batch"].to(mask.dtype).clamp(min=1.0) / self.accelerator.num_processes
+            )
             return tokens * accumulation / self.args.steps_per_generation if train else tokens
         return self.pmd.normalizer(mask) * accumulation

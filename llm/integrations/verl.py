@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from pmdlab.rl import losses
-from pmdlab.rl.groups import Groups, advantages as group_advantages
+from pmdlab.rl.groups import Groups
+from pmdlab.rl.groups import advantages as group_advantages
 
 __all__ = ["advantage_estimator", "policy_loss", "register", "tau"]
 
@@ -74,7 +75,9 @@ def _normalizer(aggregation: str, info: dict, mask: torch.Tensor) -> tuple[torch
             total = total * max_length
     if total is None:
         if dp > 1:
-            raise ValueError("verl passed no global batch size with dp_size > 1: the loss cannot be normalised")
+            raise ValueError(
+                "verl passed no global batch size with dp_size > 1: the loss cannot be normalised"
+            )
         return None, int(max_length)
     return torch.as_tensor(total, dtype=torch.float64, device=mask.device) / dp, int(max_length)
 
@@ -85,13 +88,23 @@ def policy_loss(name: str):
     if name not in ("pmd_mean", "pmd_part"):
         raise ValueError(f"name must be pmd_mean or pmd_part, got {name!r}")
 
-    def loss(old_log_prob, log_prob, advantages, response_mask, loss_agg_mode="seq-mean-token-mean",
-             config=None, rollout_is_weights=None):  # fmt: skip
+    def loss(
+        old_log_prob,
+        log_prob,
+        advantages,
+        response_mask,
+        loss_agg_mode="seq-mean-token-mean",
+        config=None,
+        rollout_is_weights=None,
+    ):
         if loss_agg_mode not in AGGREGATION:
-            raise ValueError(f"loss_agg_mode {loss_agg_mode!r} is not supported by {name}: use one of "
-                             f"{tuple(AGGREGATION)}")  # fmt: skip
+            raise ValueError(
+                f"loss_agg_mode {loss_agg_mode!r} is not supported by {name}: use one of {tuple(AGGREGATION)}"
+            )
         if rollout_is_weights is not None:
-            raise ValueError(f"{name} takes no rollout correction weights: turn policy_loss.rollout_correction off")
+            raise ValueError(
+                f"{name} takes no rollout correction weights: turn policy_loss.rollout_correction off"
+            )
         mask = response_mask.to(log_prob.dtype)
         lengths = mask.sum(-1)
         if bool((lengths == 0).any()):
@@ -99,22 +112,37 @@ def policy_loss(name: str):
         seq_adv = (advantages * mask).sum(-1) / lengths  # verl broadcasts the outcome advantage over tokens
         aggregation = AGGREGATION[loss_agg_mode]
         normalizer, max_length = _normalizer(aggregation, _info(config), mask)
-        out = losses.pmd(log_prob, old_log_prob, mask, seq_adv, tau=tau(), aggregation=aggregation, normalizer=normalizer,
-                 max_length=max_length)  # fmt: skip
+        out = losses.pmd(
+            log_prob,
+            old_log_prob,
+            mask,
+            seq_adv,
+            tau=tau(),
+            aggregation=aggregation,
+            normalizer=normalizer,
+            max_length=max_length,
+        )
         return out.loss, {f"actor/pmd_{k}": float(v) for k, v in out.metrics.items()}
 
     loss.__name__ = f"{name}_verl_policy_loss"
-    loss.__doc__ = f"verl policy loss {name}: :func:`pmdlab.rl.losses.pmd` with verl's global batch normalisation."
+    loss.__doc__ = (
+        f"verl policy loss {name}: :func:`pmdlab.rl.losses.pmd` with verl's global batch normalisation."
+    )
     return loss
 
 
 def advantage_estimator(name: str):
-    """A verl advantage estimator: the group baseline ``BASELINES[name]`` over verl's ``index`` (uid) groups."""
+    """A verl advantage estimator.
+
+    The group baseline ``BASELINES[name]`` over verl's ``index`` (uid) groups.
+    """
     baseline = BASELINES[name]
 
     def estimate(token_level_rewards, response_mask, index=None, config=None, **kwargs):
         if index is None:
-            raise ValueError(f"{name} needs the prompt uid of every response (verl's non_tensor_batch['uid'])")
+            raise ValueError(
+                f"{name} needs the prompt uid of every response (verl's non_tensor_batch['uid'])"
+            )
         rewards = token_level_rewards.sum(-1)
         _, ids = np.unique(np.asarray(index, dtype=object).astype(str), return_inverse=True)
         groups = Groups.from_ids(torch.as_tensor(ids, device=rewards.device))

@@ -15,7 +15,6 @@ from pmdlab.bandit.policies import sample_rows
 from pmdlab.bandit.task import parse_difficulty
 from pmdlab.rl import Algorithm, policy_update
 
-
 # ---------------------------------------------------------------------------- task
 
 
@@ -55,7 +54,9 @@ def test_difficulty_specs():
     assert float(torch.log10(loguni).mean()) == pytest.approx(-2.0, abs=0.05)
 
 
-@pytest.mark.parametrize("field, value", [("responses", 1), ("prompts", 0), ("correct_fraction", 1.0), ("rewards", "x")])
+@pytest.mark.parametrize(
+    "field, value", [("responses", 1), ("prompts", 0), ("correct_fraction", 1.0), ("rewards", "x")]
+)
 def test_task_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         TaskConfig(**{field: value})
@@ -104,7 +105,9 @@ def test_log_linear_updates_carry_over_to_unseen_prompts():
     for _ in range(30):
         rollout = policy.sample(seen, 8, gen)
         rollout.rewards = task.rewards[rollout.group_ids, rollout.tokens[:, 0]]
-        policy_update(policy.log_probs, opt, rollout, Algorithm("pmd_mean", tau=0.5), num_minibatches=2, generator=gen)
+        policy_update(
+            policy.log_probs, opt, rollout, Algorithm("pmd_mean", tau=0.5), num_minibatches=2, generator=gen
+        )
     assert success(unseen) > before + 0.1
 
 
@@ -135,9 +138,15 @@ def test_many_epochs_on_a_large_batch_reach_the_exact_update():
     policy lands within sampling error (TV ~ 1e-2) of pmdlab.theory's population update."""
     cfg = BanditConfig(
         task=TaskConfig(prompts=4, responses=5, correct_fraction=0.4, difficulty="uniform:0.2,0.6", seed=1),
-        algorithm=Algorithm("pmd_mean", tau=1.0), steps=1, n=20_000, minibatches=1, epochs=300, lr=0.05,
-        dtype="float64", exact_every=1,
-    )  # fmt: skip
+        algorithm=Algorithm("pmd_mean", tau=1.0),
+        steps=1,
+        n=20_000,
+        minibatches=1,
+        epochs=300,
+        lr=0.05,
+        dtype="float64",
+        exact_every=1,
+    )
     run = train(cfg)
     assert run.metrics["exact_tv"][1] < 0.02
     pi0 = torch.softmax(run.task.initial_logits, 1).numpy()
@@ -147,7 +156,9 @@ def test_many_epochs_on_a_large_batch_reach_the_exact_update():
 
 @pytest.mark.parametrize("staleness", [0, 1, 3])
 def test_staleness_samples_from_an_older_version(staleness):
-    cfg = BanditConfig(task=TaskConfig(prompts=8, responses=6), steps=7, n=2, minibatches=2, staleness=staleness)
+    cfg = BanditConfig(
+        task=TaskConfig(prompts=8, responses=6), steps=7, n=2, minibatches=2, staleness=staleness
+    )
     versions = train(cfg).metrics["sampler_version"][1:]
     assert versions.tolist() == [max(0, s - 1 - staleness) for s in range(1, 8)]
 
@@ -164,8 +175,17 @@ def test_training_raises_success_and_logs_metrics():
 def test_collapse_events_count_prompts_whose_success_fell():
     """SGD with a large step on a shared (log-linear) policy makes some prompts' success
     fall by more than 0.2; the count equals a recount from the per-step success tables."""
-    cfg = BanditConfig(task=TaskConfig(prompts=16, responses=8, seed=4), policy="loglinear", algorithm=Algorithm("rloo"),
-                       steps=6, n=2, minibatches=1, optimizer="sgd", lr=20.0, collapse_drop=0.2)  # fmt: skip
+    cfg = BanditConfig(
+        task=TaskConfig(prompts=16, responses=8, seed=4),
+        policy="loglinear",
+        algorithm=Algorithm("rloo"),
+        steps=6,
+        n=2,
+        minibatches=1,
+        optimizer="sgd",
+        lr=20.0,
+        collapse_drop=0.2,
+    )
     run = train(cfg)
 
     def success(policy):
@@ -174,8 +194,9 @@ def test_collapse_events_count_prompts_whose_success_fell():
         return (p * run.task.correct).sum(1)
 
     # A run of s steps replays the first s steps of the longer run (same seed).
-    successes = [success(LogLinearPolicy(run.task))] + [success(train(dataclasses.replace(cfg, steps=s)).policy)
-                                                      for s in range(1, 7)]  # fmt: skip
+    successes = [success(LogLinearPolicy(run.task))] + [
+        success(train(dataclasses.replace(cfg, steps=s)).policy) for s in range(1, 7)
+    ]
     recount = [int(((successes[s - 1] - successes[s]) > 0.2).sum()) for s in range(1, 7)]
     assert run.metrics["collapses"][1:].tolist() == recount
     assert sum(recount) > 0
@@ -199,8 +220,14 @@ def test_bandit_config_rejects_bad_values(kwargs, match):
 
 
 def test_batch_prompts_and_math_are_finite_with_tiny_tau():
-    cfg = BanditConfig(task=TaskConfig(prompts=20, responses=10), algorithm=Algorithm("pmd_part", tau=1e-4),
-                       steps=5, batch_prompts=7, n=4, minibatches=7)  # fmt: skip
+    cfg = BanditConfig(
+        task=TaskConfig(prompts=20, responses=10),
+        algorithm=Algorithm("pmd_part", tau=1e-4),
+        steps=5,
+        batch_prompts=7,
+        n=4,
+        minibatches=7,
+    )
     m = train(cfg).metrics
     assert all(np.all(np.isfinite(v[1:])) for k, v in m.items() if k != "exact_tv")
     assert math.isfinite(m["loss/loss"][-1])

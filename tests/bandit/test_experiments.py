@@ -47,7 +47,9 @@ def test_target_error_matches_monte_carlo():
         a1, a0 = sample_targets(method, np.arange(n + 1), n, tau)
         table = np.array([one_step_success(p, k / n, a1[k], a0[k]) for k in range(n + 1)])
         err = np.abs(table[n1] - rec[method]["population"])
-        assert rec[method]["mean_abs_error"] == pytest.approx(err.mean(), abs=4 * err.std() / math.sqrt(err.size))
+        assert rec[method]["mean_abs_error"] == pytest.approx(
+            err.mean(), abs=4 * err.std() / math.sqrt(err.size)
+        )
     assert rec["pmd_mean"]["no_signal"] == pytest.approx(p**n + (1 - p) ** n, rel=1e-12)
 
 
@@ -61,8 +63,12 @@ def test_errors_fall_with_more_rollouts():
 
 def test_training_dynamics_shapes_and_overrides():
     base = BanditConfig(task=TaskConfig(prompts=8, responses=6), steps=5, n=2, minibatches=2)
-    out = training_dynamics(base, {"PMD-mean": Algorithm("pmd_mean"), "GRPO": Algorithm("grpo")}, seeds=(0, 1),
-                            settings={"n=2": {}, "stale": {"staleness": 2}})  # fmt: skip
+    out = training_dynamics(
+        base,
+        {"PMD-mean": Algorithm("pmd_mean"), "GRPO": Algorithm("grpo")},
+        seeds=(0, 1),
+        settings={"n=2": {}, "stale": {"staleness": 2}},
+    )
     assert out["steps"].tolist() == list(range(6))
     assert set(out["runs"]) == {"n=2", "stale"}
     s = out["runs"]["stale"]["GRPO"]["success_mean"]

@@ -1,7 +1,8 @@
 """Run under ``torchrun --nproc_per_node 2``: data-parallel update against one process.
 
     torchrun --standalone --nproc_per_node 2 tests/llm/dist_worker.py update OUT.json [ddp|fsdp]
-    torchrun --standalone --nproc_per_node 2 tests/llm/dist_worker.py trainer OUT.json RUN_DIR CACHE ddp|fsdp [straight|killed|resume]
+    torchrun --standalone --nproc_per_node 2 tests/llm/dist_worker.py trainer OUT.json RUN_DIR CACHE \\
+        ddp|fsdp [straight|killed|resume]
 
 ``update``: every rank builds the same tiny model and the same global
 rollout batch; rank 0 also runs the single-process update on a copy of
@@ -23,18 +24,21 @@ import torch
 import torch.distributed as dist
 
 from pmdlab.llm import distributed
-from pmdlab.rl import Algorithm
 from pmdlab.llm.policy import LMPolicy, SamplingConfig
-from pmdlab.rl.update import policy_update
 from pmdlab.llm.tiny import TinyModelConfig, build_model, build_tokenizer
+from pmdlab.rl import Algorithm
+from pmdlab.rl.update import policy_update
 
 
 class RecordingSGD(torch.optim.SGD):
     """SGD that keeps a copy of the gradients it stepped with."""
 
     def step(self, closure=None):
-        self.grads = [p.grad.detach().clone().to_local() if hasattr(p.grad, "to_local") else p.grad.detach().clone()
-                      for group in self.param_groups for p in group["params"]]  # fmt: skip
+        self.grads = [
+            p.grad.detach().clone().to_local() if hasattr(p.grad, "to_local") else p.grad.detach().clone()
+            for group in self.param_groups
+            for p in group["params"]
+        ]
         return super().step(closure)
 
 
@@ -65,7 +69,11 @@ def update(out_path: str, strategy: str) -> None:
         ref_policy = LMPolicy(ref_model, tokenizer, SamplingConfig(max_new_tokens=4))
         opt = RecordingSGD(ref_model.parameters(), lr=0.5)
         m = policy_update(ref_policy.log_probs, opt, batch, algorithm, old_logprobs=old)
-        reference = {"loss": m["loss"], "grads": opt.grads, "weights": [p.detach().clone() for p in ref_model.parameters()]}
+        reference = {
+            "loss": m["loss"],
+            "grads": opt.grads,
+            "weights": [p.detach().clone() for p in ref_model.parameters()],
+        }
 
     wrapped = distributed.wrap(model, ctx, strategy)
     mine = torch.isin(batch.group_ids, torch.arange(ctx.rank, len(prompts), ctx.world_size))
@@ -74,16 +82,25 @@ def update(out_path: str, strategy: str) -> None:
     shard.group_ids = torch.unique(shard.group_ids, return_inverse=True)[1]
     shard_policy = LMPolicy(wrapped, tokenizer, SamplingConfig(max_new_tokens=4), token_budget=20)
     opt = RecordingSGD(wrapped.parameters(), lr=0.5)
-    m = policy_update(shard_policy.log_probs, opt, shard, algorithm, old_logprobs=old[index],
-                      micro_batches=shard_policy.micro_batches, all_reduce=distributed.all_reduce_sum,
-                      loss_scale=float(ctx.world_size), no_sync=distributed.no_sync(wrapped))  # fmt: skip
+    m = policy_update(
+        shard_policy.log_probs,
+        opt,
+        shard,
+        algorithm,
+        old_logprobs=old[index],
+        micro_batches=shard_policy.micro_batches,
+        all_reduce=distributed.all_reduce_sum,
+        loss_scale=float(ctx.world_size),
+        no_sync=distributed.no_sync(wrapped),
+    )
     grads = [full(p.grad) if p.grad is not None else None for p in wrapped.parameters()]
     weights = [full(p.detach()) for p in wrapped.parameters()]
     if ctx.main:
         result = {
             "world_size": ctx.world_size,
             "micro_batches": len(shard_policy.micro_batches(shard)),
-            "loss": m["loss"], "reference_loss": reference["loss"],
+            "loss": m["loss"],
+            "reference_loss": reference["loss"],
             "grad_diff": max(float((g - r).abs().max()) for g, r in zip(grads, reference["grads"])),
             "grad_scale": max(float(r.abs().max()) for r in reference["grads"]),
             "weight_diff": max(float((w - r).abs().max()) for w, r in zip(weights, reference["weights"])),
@@ -105,10 +122,22 @@ def trainer(out_path: str, run_dir: str, cache: str, strategy: str, mode: str = 
     torch.set_num_threads(1)
     config = TrainConfig(
         tiny=TinyModelConfig(hidden_size=32, layers=1, heads=2, intermediate_size=64, max_positions=32),
-        warmstart=WarmStartConfig(steps=100, batch_size=32, cache_dir=cache), task=TaskConfig(terms=2), eval_size=4, eval_k=2,
-        eval_every=2, steps=2, prompts=4, n=4, minibatches=2, sampling=SamplingConfig(max_new_tokens=3),
-        out=run_dir, progress=False, save_every=1, parallel=strategy, token_budget=24,
-    )  # fmt: skip
+        warmstart=WarmStartConfig(steps=100, batch_size=32, cache_dir=cache),
+        task=TaskConfig(terms=2),
+        eval_size=4,
+        eval_k=2,
+        eval_every=2,
+        steps=2,
+        prompts=4,
+        n=4,
+        minibatches=2,
+        sampling=SamplingConfig(max_new_tokens=3),
+        out=run_dir,
+        progress=False,
+        save_every=1,
+        parallel=strategy,
+        token_budget=24,
+    )
     if mode == "resume":
         config = dataclasses.replace(config, resume=True)
     t = Trainer(config)

@@ -62,7 +62,14 @@ def single_token_lm(vocab: int, hidden: int = 16, seed: int = 0, dtype=torch.flo
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=8,
-                      tie_word_embeddings=False)  # fmt: skip
+    cfg = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=8,
+        tie_word_embeddings=False,
+    )
     return Qwen2ForCausalLM(cfg).to(dtype)

@@ -1,4 +1,7 @@
-"""Checkpoints against their manifests: a damaged newest one falls back to the previous, none intact is an error."""
+"""Checkpoints against their manifests.
+
+A damaged newest one falls back to the previous, none intact is an error.
+"""
 
 import subprocess
 import sys
@@ -71,7 +74,11 @@ def test_every_checkpoint_damaged_is_a_one_line_error_naming_the_folder(tmp_path
     # From the command line: exit status 2 and an error line, no traceback.
     done = subprocess.run(
         [sys.executable, "-W", "ignore", "-m", "pmdlab.llm.train", "--resume", f"out={run}"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines() == [f"error: resume: no intact checkpoint in {run} (2 found, every one damaged)"]
+    assert done.stderr.strip().splitlines() == [
+        f"error: resume: no intact checkpoint in {run} (2 found, every one damaged)"
+    ]

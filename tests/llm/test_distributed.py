@@ -18,14 +18,24 @@ from pmdlab.llm import metrics_log
 WORKER = Path(__file__).with_name("dist_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available in this build")  # fmt: skip
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="torch.distributed with gloo is not available in this build",
+)
 
 
 def torchrun(*args, timeout=300):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
-           *map(str, args)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(WORKER),
+        *map(str, args),
+    ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stderr[-4000:]
 
@@ -70,4 +80,5 @@ def test_a_killed_torchrun_resumes_to_the_uninterrupted_result(tmp_path, strateg
         return [{k: v for k, v in r.items() if not k.startswith("perf/") and k != "run"} for r in records]
 
     assert strip(metrics_log.read([tmp_path / "a" / "metrics.jsonl"])) == strip(
-        metrics_log.read([tmp_path / "b" / "metrics.jsonl"]))
+        metrics_log.read([tmp_path / "b" / "metrics.jsonl"])
+    )

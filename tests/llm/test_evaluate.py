@@ -3,7 +3,8 @@
 import itertools
 import math
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pmdlab.llm.evaluate import majority_correct, pass_at_k
 

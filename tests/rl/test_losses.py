@@ -66,8 +66,15 @@ def _minimise_exact(loss_name, pi, r, tau, baseline):
         loss.backward()
         return loss
 
-    opt = torch.optim.LBFGS([theta], lr=1, max_iter=2000, tolerance_grad=1e-15, tolerance_change=1e-18,
-                            history_size=50, line_search_fn="strong_wolfe")  # fmt: skip
+    opt = torch.optim.LBFGS(
+        [theta],
+        lr=1,
+        max_iter=2000,
+        tolerance_grad=1e-15,
+        tolerance_change=1e-18,
+        history_size=50,
+        line_search_fn="strong_wolfe",
+    )
     opt.step(closure)
     logp = torch.log_softmax(theta.detach(), dim=1)
     out = fn(logp.reshape(-1, 1), old, mask, adv, tau=tau, weights=weights)
@@ -82,7 +89,9 @@ def test_pmd_mean_loss_minimiser_is_the_exact_update(problem):
     exact = theory.pmd_mean(pi, r, tau)
     np.testing.assert_allclose(policy, exact.policy, atol=1e-6)
     # The implied chi^2 weight read off the achieved log-ratios is the exact beta.
-    beta = losses.pmd_group_diagnostics(delta, target, groups, tau, torch.tensor(pi).reshape(-1))["chi2_weight"]
+    beta = losses.pmd_group_diagnostics(delta, target, groups, tau, torch.tensor(pi).reshape(-1))[
+        "chi2_weight"
+    ]
     np.testing.assert_allclose(beta.numpy(), exact.chi2_weight, rtol=1e-5, atol=1e-8)
     # ... and no response ends above its target (docs/math.md §3, identity 2).
     assert out.metrics["frac_above_target"] == 0.0
@@ -126,15 +135,22 @@ def _finite_difference(f, w, h=1e-6):
 def _weights_and_normaliser(aggregation, mask):
     lengths = mask.sum(1)
     c = 1.0 / lengths if aggregation == "seq_mean_token_mean" else torch.ones_like(lengths)
-    d = {"seq_mean_token_mean": len(mask), "seq_mean_token_sum": len(mask),
-         "seq_mean_token_sum_norm": len(mask) * mask.shape[1], "token_mean": lengths.sum()}[aggregation]  # fmt: skip
+    d = {
+        "seq_mean_token_mean": len(mask),
+        "seq_mean_token_sum": len(mask),
+        "seq_mean_token_sum_norm": len(mask) * mask.shape[1],
+        "token_mean": lengths.sum(),
+    }[aggregation]
     return c, d
 
 
 @pytest.mark.parametrize("aggregation", AGGS)
 @pytest.mark.parametrize("tau_scaled", [False, True])
 def test_pmd_gradient_at_pi_old_is_reinforce_with_target(aggregation, tau_scaled):
-    """At ``Delta = 0``: ``grad = -(1/D) sum_i c_i (A_i/tau) grad sum_t log pi(y_it)`` (times tau if scaled)."""
+    """At ``Delta = 0`` (times tau if scaled):
+
+    ``grad = -(1/D) sum_i c_i (A_i/tau) grad sum_t log pi(y_it)``.
+    """
     logprobs, w0, mask = _token_model()
     adv = torch.tensor([0.7, -0.2, 0.4, -0.9, 0.0])
     tau = 0.3
@@ -143,7 +159,9 @@ def test_pmd_gradient_at_pi_old_is_reinforce_with_target(aggregation, tau_scaled
     scale = tau if tau_scaled else 1.0
 
     def loss(w):
-        return losses.pmd(logprobs(w), old, mask, adv, tau=tau, aggregation=aggregation, tau_scaled=tau_scaled).loss
+        return losses.pmd(
+            logprobs(w), old, mask, adv, tau=tau, aggregation=aggregation, tau_scaled=tau_scaled
+        ).loss
 
     def expected_objective(w):
         return -scale * (c * adv / tau * (logprobs(w) * mask).sum(1)).sum() / d
@@ -255,8 +273,16 @@ def test_micro_batch_split_leaves_loss_and_gradient_unchanged(name, aggregation,
     total = 0.0
     for s, e in zip(bounds[:-1], bounds[1:]):
         w = None if weights is None else weights[s:e]
-        out = fn(split_x[s:e], old[s:e], mask[s:e], adv[s:e], aggregation=aggregation, weights=w,
-                 normalizer=norm, **kw)  # fmt: skip
+        out = fn(
+            split_x[s:e],
+            old[s:e],
+            mask[s:e],
+            adv[s:e],
+            aggregation=aggregation,
+            weights=w,
+            normalizer=norm,
+            **kw,
+        )
         out.loss.backward()
         total = total + out.loss.detach()
     torch.testing.assert_close(total, full.detach(), rtol=1e-12, atol=1e-14)
@@ -274,12 +300,14 @@ def test_sample_targets_converge_to_population_targets(baseline):
     p, tau = 0.3, 1.0
     z = p * math.e + (1 - p)
     population = (1 - p) / tau if baseline == "mean" else (1 - tau * math.log(z)) / tau
-    sd_unit = math.sqrt(p * (1 - p)) / tau if baseline == "mean" else (math.e - 1) * math.sqrt(p * (1 - p)) / z
+    sd_unit = (
+        math.sqrt(p * (1 - p)) / tau if baseline == "mean" else (math.e - 1) * math.sqrt(p * (1 - p)) / z
+    )
     gen = torch.Generator().manual_seed(0)
     reps = 400
     for n in (256, 1024, 4096):
         r = (torch.rand(reps * n, generator=gen) < p).double()
-        r[:: n] = 1.0  # one correct response per batch to read its target from
+        r[::n] = 1.0  # one correct response per batch to read its target from
         groups = torch.arange(reps).repeat_interleave(n)
         a = advantages(r, groups, baseline, tau=tau) / tau
         err = a[::n] - population
@@ -342,10 +370,14 @@ def test_the_table_passes_each_loss_its_own_options(name):
     for option, default in TABLE[name].options.items():
         changed = (not default) if isinstance(default, bool) else (0.5 if default < 0.1 else 0.01)
         other = Algorithm(name, tau=0.5, **{option: changed})
-        assert float(other.loss(lp, old, mask, adv).loss) != pytest.approx(float(base.loss(lp, old, mask, adv).loss))
+        assert float(other.loss(lp, old, mask, adv).loss) != pytest.approx(
+            float(base.loss(lp, old, mask, adv).loss)
+        )
     if base.is_pmd:
         other = Algorithm(name, tau=0.25)
-        assert float(other.loss(lp, old, mask, adv).loss) != pytest.approx(float(base.loss(lp, old, mask, adv).loss))
+        assert float(other.loss(lp, old, mask, adv).loss) != pytest.approx(
+            float(base.loss(lp, old, mask, adv).loss)
+        )
 
 
 # ------------------------------------------------------------------------ bad input
@@ -407,7 +439,9 @@ def test_mismatched_token_shapes_are_named():
         losses.grpo(lp, old, mask, torch.zeros(3), clip_low=1.5)
 
 
-@given(st.integers(1, 6), st.integers(1, 5), st.integers(0, 2**31 - 1), st.floats(0.0, 0.9), st.floats(0.0, 2.0))
+@given(
+    st.integers(1, 6), st.integers(1, 5), st.integers(0, 2**31 - 1), st.floats(0.0, 0.9), st.floats(0.0, 2.0)
+)
 def test_grpo_matches_the_textbook_clipped_objective(b, t, seed, clip_low, clip_high):
     """Value and gradient against ``-min(rho A, clip(rho, 1-e_low, 1+e_high) A)`` written out."""
     g = torch.Generator().manual_seed(seed)
@@ -421,7 +455,9 @@ def test_grpo_matches_the_textbook_clipped_objective(b, t, seed, clip_low, clip_
     x = lp.detach().clone().requires_grad_(True)
     rho = torch.exp(x - old)
     a = adv[:, None]
-    ref = (-torch.minimum(rho * a, torch.clamp(rho, 1 - clip_low, 1 + clip_high) * a) * mask).sum() / mask.sum()
+    ref = (
+        -torch.minimum(rho * a, torch.clamp(rho, 1 - clip_low, 1 + clip_high) * a) * mask
+    ).sum() / mask.sum()
     (want,) = torch.autograd.grad(ref, x)
     torch.testing.assert_close(out.loss.detach(), ref.detach(), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)

@@ -12,12 +12,19 @@ from pmdlab.rl.rollout import Rollout
 from pmdlab.rl.update import minibatches, policy_update
 
 
-@given(st.lists(st.integers(1, 5), min_size=1, max_size=12), st.integers(1, 12), st.integers(0, 1000), st.booleans())
+@given(
+    st.lists(st.integers(1, 5), min_size=1, max_size=12),
+    st.integers(1, 12),
+    st.integers(0, 1000),
+    st.booleans(),
+)
 def test_group_minibatches_partition_the_batch_and_keep_groups_whole(sizes, count, seed, shuffled):
     count = min(count, len(sizes))
     g = Groups.from_sizes(sizes)
     if shuffled:  # the same groups, responses interleaved (the sorting path)
-        g = Groups.from_ids(g.index[torch.randperm(g.index.numel(), generator=torch.Generator().manual_seed(seed))])
+        g = Groups.from_ids(
+            g.index[torch.randperm(g.index.numel(), generator=torch.Generator().manual_seed(seed))]
+        )
     parts = minibatches(g, count, torch.Generator().manual_seed(seed))
     assert len(parts) == count
     flat = torch.cat(parts)
@@ -68,9 +75,20 @@ def test_gradient_accumulation_count_does_not_change_the_update(name):
     for split in (None, 2, 3):
         rollout, w, log_probs = _setup()
         opt = torch.optim.SGD([w], lr=0.5)
-        micro = None if split is None else (lambda sub, k=split: list(torch.tensor_split(torch.arange(len(sub)), k)))
-        policy_update(log_probs, opt, rollout, alg, num_minibatches=2, generator=torch.Generator().manual_seed(1),
-                      micro_batches=micro)  # fmt: skip
+        micro = (
+            None
+            if split is None
+            else (lambda sub, k=split: list(torch.tensor_split(torch.arange(len(sub)), k)))
+        )
+        policy_update(
+            log_probs,
+            opt,
+            rollout,
+            alg,
+            num_minibatches=2,
+            generator=torch.Generator().manual_seed(1),
+            micro_batches=micro,
+        )
         results.append(w.detach().clone())
     torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(results[2], results[0], rtol=1e-12, atol=1e-14)
@@ -95,7 +113,9 @@ def test_non_finite_loss_skips_the_step_and_counts_it():
         out = log_probs(r)
         return out * float("nan") if calls["n"] > 1 else out  # the old log-probs are fine
 
-    out = policy_update(poisoned, opt, rollout, Algorithm(), num_minibatches=3, parameters=[w], max_grad_norm=1.0)
+    out = policy_update(
+        poisoned, opt, rollout, Algorithm(), num_minibatches=3, parameters=[w], max_grad_norm=1.0
+    )
     assert out["skipped_steps"] == 3 and out["optimizer_steps"] == 0
     assert torch.equal(w.detach(), before)
 
@@ -131,7 +151,9 @@ def test_algorithm_loss_is_the_named_loss_with_its_defaults(name):
     r, ids = rollout.rewards, rollout.group_ids
     direct = {
         "pmd_mean": lambda: losses.pmd(lp, old, rollout.mask, advantages(r, ids, "mean"), tau=0.7),
-        "pmd_part": lambda: losses.pmd(lp, old, rollout.mask, advantages(r, ids, "partition", tau=0.7), tau=0.7),
+        "pmd_part": lambda: losses.pmd(
+            lp, old, rollout.mask, advantages(r, ids, "partition", tau=0.7), tau=0.7
+        ),
         "grpo": lambda: losses.grpo(lp, old, rollout.mask, grpo_advantages(r, ids)),
         "gspo": lambda: losses.gspo(lp, old, rollout.mask, grpo_advantages(r, ids)),
         "rloo": lambda: losses.rloo(lp, old, rollout.mask, advantages(r, ids, "leave_one_out")),

@@ -75,11 +75,13 @@ def test_small_tau_asymptotics_converge(p):
     for tau in (1e-2, 1e-3, 1e-4):
         m, mm = pmd_mean_step(p, tau), pmd_mean_step_small_tau(p, tau)
         pt, pa = pmd_part_step(p, tau), pmd_part_step_small_tau(p, tau)
-        errors.append(max(
-            abs(m.log_ratio_incorrect / mm.log_ratio_incorrect - 1),
-            abs(m.chi2_weight / mm.chi2_weight - 1),
-            abs(pt.log_ratio_incorrect / pa.log_ratio_incorrect - 1),
-        ))  # fmt: skip
+        errors.append(
+            max(
+                abs(m.log_ratio_incorrect / mm.log_ratio_incorrect - 1),
+                abs(m.chi2_weight / mm.chi2_weight - 1),
+                abs(pt.log_ratio_incorrect / pa.log_ratio_incorrect - 1),
+            )
+        )
     # The corrections are O(e^{-p/tau}): the forms reach rounding level quickly.
     assert errors[2] <= max(0.5 * errors[0], 1e-14) and errors[2] < 1e-3
     limit = [abs(float(pmd_mean_step(p, t).chi2_weight) / (p * (1 - p) / 2) - 1) for t in (1e-2, 1e-3, 1e-4)]
@@ -100,7 +102,9 @@ def test_broadcasting_and_scalars():
     assert np.ndim(pmd_mean_step(0.2, 0.5).success) == 0
 
 
-@pytest.mark.parametrize("p, tau", [(1e-300, 1.0), (1e-200, 1e-3), (0.5, 1e-300), (1e-12, 1e300), (0.25, 1e150)])
+@pytest.mark.parametrize(
+    "p, tau", [(1e-300, 1.0), (1e-200, 1e-3), (0.5, 1e-300), (1e-12, 1e300), (0.25, 1e150)]
+)
 def test_far_outside_the_usual_range_stays_finite(p, tau):
     m = pmd_mean_step(p, tau)
     for x in (m.success, m.failure, m.log_ratio_correct, m.log_ratio_incorrect, m.lam):

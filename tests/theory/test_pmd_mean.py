@@ -31,8 +31,9 @@ def test_output_is_a_distribution_with_zeros_kept(problem):
     res = pmd_mean(pi, r, tau)
     assert np.all(np.isfinite(res.policy)) and np.all(np.isfinite(res.log_ratio))
     support = pi > 0  # off it the log-ratio is the target, which may overflow e^s
-    np.testing.assert_allclose(res.policy[support], pi[support] * np.exp(res.log_ratio[support]), rtol=1e-12,
-                               atol=1e-300)  # fmt: skip
+    np.testing.assert_allclose(
+        res.policy[support], pi[support] * np.exp(res.log_ratio[support]), rtol=1e-12, atol=1e-300
+    )
     assert abs(res.policy.sum() - 1) < 1e-13
     assert np.all(res.policy[pi == 0] == 0)
 

@@ -31,7 +31,9 @@ def test_target_is_feasible_so_the_regression_recovers_it(problem):
     support = pi > 0
     total = np.sum(pi[support] * np.exp(res.log_ratio[support]))
     assert total == pytest.approx(1.0, abs=1e-12 * max(1.0, np.abs(r).max() / tau))
-    assert np.allclose(res.log_ratio, r / tau - res.log_partition, rtol=0, atol=8e-16 * max(1, np.abs(r).max() / tau))
+    assert np.allclose(
+        res.log_ratio, r / tau - res.log_partition, rtol=0, atol=8e-16 * max(1, np.abs(r).max() / tau)
+    )
 
 
 @given(problems(max_k=5, tau_min=0.1, allow_zeros=False))

@@ -18,7 +18,9 @@ def _targets(pi, r, tau):
     return ((r - np.dot(pi, r)) / tau)[None, :], np.log(pi)[None, :]
 
 
-@pytest.mark.parametrize("x", [-800.0, -30.0, -2.0, -0.3, -1e-3, -1e-9, 1e-300, 1e-8, 0.2, 0.26, 0.9, 1.1, 5.0, 700.0])
+@pytest.mark.parametrize(
+    "x", [-800.0, -30.0, -2.0, -0.3, -1e-3, -1e-9, 1e-300, 1e-8, 0.2, 0.26, 0.9, 1.1, 5.0, 700.0]
+)
 def test_log_expm1_minus_x_matches_mpmath(x):
     with mp.workdps(60):
         xm = mp.mpf(x)

@@ -13,12 +13,18 @@ from pmdlab.theory import symbolic
 def test_every_derivation_holds():
     derived = symbolic.derive_all()
     public = [getattr(symbolic, name) for name in symbolic.__all__]
-    takes_a_check = {f.__name__ for f in public if inspect.isfunction(f)
-                     and "check" in inspect.signature(f).parameters}  # fmt: skip
+    takes_a_check = {
+        f.__name__ for f in public if inspect.isfunction(f) and "check" in inspect.signature(f).parameters
+    }
     takes_a_check -= {"derive_all"}
     assert set(derived) == {f.__name__ for f in symbolic.DERIVATIONS} == takes_a_check
-    assert sp.simplify(derived["mixed_objective_equivalence"]["chi2_weight"] - sp.Symbol("tau", positive=True)
-                       * sp.Symbol("lambda", positive=True) / 2) == 0  # fmt: skip
+    assert (
+        sp.simplify(
+            derived["mixed_objective_equivalence"]["chi2_weight"]
+            - sp.Symbol("tau", positive=True) * sp.Symbol("lambda", positive=True) / 2
+        )
+        == 0
+    )
 
 
 def test_every_residual_vanishes_at_random_points():
@@ -32,12 +38,17 @@ def test_every_residual_vanishes_at_random_points():
 
 @pytest.mark.parametrize(
     "expr, vanishes",
-    [(sp.LambertW(sp.Symbol("x", positive=True)) * sp.exp(sp.LambertW(sp.Symbol("x", positive=True)))
-      - sp.Symbol("x", positive=True), True),
-     (sp.sin(sp.Symbol("y")) ** 2 + sp.cos(sp.Symbol("y")) ** 2 - 1, True),
-     (sp.exp(sp.Symbol("y")) - 1 - sp.Symbol("y"), False),
-     (sp.Symbol("y") * 1e-20, False)],
-)  # fmt: skip
+    [
+        (
+            sp.LambertW(sp.Symbol("x", positive=True)) * sp.exp(sp.LambertW(sp.Symbol("x", positive=True)))
+            - sp.Symbol("x", positive=True),
+            True,
+        ),
+        (sp.sin(sp.Symbol("y")) ** 2 + sp.cos(sp.Symbol("y")) ** 2 - 1, True),
+        (sp.exp(sp.Symbol("y")) - 1 - sp.Symbol("y"), False),
+        (sp.Symbol("y") * 1e-20, False),
+    ],
+)
 def test_numeric_residual_separates_identities_from_wrong_claims(expr, vanishes):
     size = symbolic.numeric_residual(expr, np.random.default_rng(1))
     assert (size <= 1e-30) is vanishes, size

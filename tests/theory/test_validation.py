@@ -60,8 +60,13 @@ def test_tolerance_for_policies_that_almost_sum_to_one():
 
 @pytest.mark.parametrize("step", [pmd_mean_step, pmd_part_step])
 def test_binary_helpers(step):
-    for p, tau, match in ((1.5, 0.1, "p must lie in"), (-0.1, 0.1, "p must lie in"), (np.nan, 0.1, "p must be finite"),
-                          (0.5, 0.0, "tau must be > 0"), ([0.1, 0.2], [1.0, 2.0, 3.0], "do not broadcast")):  # fmt: skip
+    for p, tau, match in (
+        (1.5, 0.1, "p must lie in"),
+        (-0.1, 0.1, "p must lie in"),
+        (np.nan, 0.1, "p must be finite"),
+        (0.5, 0.0, "tau must be > 0"),
+        ([0.1, 0.2], [1.0, 2.0, 3.0], "do not broadcast"),
+    ):
         with pytest.raises(ValueError, match=match):
             step(p, tau)
 

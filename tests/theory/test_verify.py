@@ -12,12 +12,28 @@ from pmdlab.theory import _binary_claims, _population_claims, propositions, symb
 
 #: Every claim of docs/math.md §3–4 the registry must hold (the report quotes "21 of 21").
 EXPECTED = (
-    "lambert_w_form", "regression_minimiser", "lambda_is_kl", "log_ratio_below_target", "chi2_equivalence",
-    "chi2_objective_optimal", "lambda_zero_iff_flat", "improvement", "conservative_vs_part", "pmd_part_tilt",
-    "invariances", "reference_60_digits", "extreme_inputs_finite", "binary_depends_on_p", "binary_table",
-    "small_tau_limits", "conservative_at_low_p", "reward_scale", "multi_step_convergence",
-    "wright_omega_accuracy", "symbolic_derivations",
-)  # fmt: skip
+    "lambert_w_form",
+    "regression_minimiser",
+    "lambda_is_kl",
+    "log_ratio_below_target",
+    "chi2_equivalence",
+    "chi2_objective_optimal",
+    "lambda_zero_iff_flat",
+    "improvement",
+    "conservative_vs_part",
+    "pmd_part_tilt",
+    "invariances",
+    "reference_60_digits",
+    "extreme_inputs_finite",
+    "binary_depends_on_p",
+    "binary_table",
+    "small_tau_limits",
+    "conservative_at_low_p",
+    "reward_scale",
+    "multi_step_convergence",
+    "wright_omega_accuracy",
+    "symbolic_derivations",
+)
 
 
 def _run_one(name: str, seed: int = 0) -> propositions.Outcome:
@@ -68,10 +84,20 @@ def _replace_update(monkeypatch, update):
 
 @pytest.mark.parametrize(
     "name",
-    ["lambert_w_form", "lambda_is_kl", "log_ratio_below_target", "chi2_equivalence",
-     "lambda_zero_iff_flat", "improvement", "conservative_vs_part", "invariances", "extreme_inputs_finite",
-     "binary_depends_on_p", "reward_scale"],
-)  # fmt: skip
+    [
+        "lambert_w_form",
+        "lambda_is_kl",
+        "log_ratio_below_target",
+        "chi2_equivalence",
+        "lambda_zero_iff_flat",
+        "improvement",
+        "conservative_vs_part",
+        "invariances",
+        "extreme_inputs_finite",
+        "binary_depends_on_p",
+        "reward_scale",
+    ],
+)
 def test_a_nan_in_the_update_fails_the_proposition(monkeypatch, name):
     """A NaN error fails: the worst error is not a ``max`` that would drop it. (The optimality checks
     ``regression_minimiser`` and ``chi2_objective_optimal`` hand the policy to objectives that reject NaN
@@ -135,8 +161,9 @@ def test_unknown_name_is_an_error():
 
 
 def test_module_entry_point_lists_propositions():
-    out = subprocess.run([sys.executable, "-m", "pmdlab.theory.verify", "--list"], capture_output=True, text=True,
-                         check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "pmdlab.theory.verify", "--list"], capture_output=True, text=True, check=True
+    ).stdout
     listed = [line.split(":")[0] for line in out.splitlines() if line.strip()]
     assert listed == [p.name for p in propositions.PROPOSITIONS]
 
