@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed
+from . import distributed, models
 from .policy import GenerateBackend
 from .settings import TrainConfig
 from .tasks import ArithmeticTask, MathDataset
@@ -39,12 +39,17 @@ def make_task(config: TrainConfig):
     task = config.task
     if task.data == "arithmetic":
         return ArithmeticTask(
-            task.digits, task.terms, task.operations, eval_size=config.eval_size or 200, seed=config.seed
+            task.digits,
+            task.terms,
+            task.operations,
+            eval_size=config.eval_size or 200,
+            seed=config.seed,
+            **task.arithmetic_prompt(),
         )
     return MathDataset(
         task.data,
         task.eval_data,
-        template=task.template,
+        template=task.math_template,
         timeout=task.verify_timeout,
         eval_size=config.eval_size,
         seed=config.seed,
@@ -65,6 +70,11 @@ def model_path(config: TrainConfig, task, ctx, checkpoint_dir: Path | None) -> P
     """
     if checkpoint_dir is not None:
         return checkpoint_dir / "model"
+    if config.model in models.KNOWN:
+        return models.cache_root() / config.model
+    if config.model.endswith(".gguf"):
+        with distributed.main_first(ctx):  # rank 0 converts it once, the others read the folder
+            return models.folder_for_gguf(config.model)
     if config.model != "tiny":
         return Path(config.model)
     if not isinstance(task, ArithmeticTask):
@@ -82,8 +92,14 @@ def load_model(path: str | Path, config: TrainConfig, device: torch.device):
 
     dtype = resolve_dtype(config, device)
     kwargs = dict(local_files_only=True, trust_remote_code=config.trust_remote_code)
-    tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device)
+    except Exception as e:  # a damaged or incomplete folder (safetensors, JSON, missing files)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot load the model in {path}: {type(e).__name__}: {reason}") from None
+    if config.chat_template and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"chat_template=true, but the tokenizer in {path} has no chat template")
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model)
     return model, tokenizer
@@ -95,6 +111,31 @@ def enable_activation_checkpointing(model) -> None:
     enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
     enable()
     model.config.use_cache = False
+
+
+def apply_lora(model, lora, adapter: Path | None = None, seed: int = 0):
+    """``model`` with LoRA adapters (``peft``): new ones from ``lora``, initialised from ``seed`` (the
+    global random state is left alone), or the trained ones saved in ``adapter`` (a checkpoint's
+    ``model/``). Only the adapters require gradients."""
+    try:
+        import peft
+    except ImportError:
+        raise ValueError("lora.rank > 0 needs peft: pip install peft (or the lora extra)") from None
+    if adapter is not None:
+        return peft.PeftModel.from_pretrained(model, adapter, is_trainable=True)
+    config = peft.LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.modules(),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return peft.get_peft_model(model, config)
+    except ValueError as e:
+        raise ValueError(f"lora.target_modules={lora.target_modules!r}: {e}") from None
 
 
 def make_backend(config: TrainConfig, model, tokenizer, path: Path, device: torch.device):

@@ -177,7 +177,9 @@ class LMPolicy:
 
     ``token_budget`` bounds the padded tokens of one forward pass (the
     micro-batcher of :meth:`micro_batches`); ``chat_template`` wraps each
-    prompt as a user turn with the tokenizer's chat template.
+    prompt as a user turn with the tokenizer's chat template, after ``system_prompt``
+    (``None``: the template's own default; ``""``: an empty one, which saves the
+    default's tokens in every sequence).
     """
 
     def __init__(
@@ -189,6 +191,7 @@ class LMPolicy:
         backend: RolloutBackend | None = None,
         token_budget: int = 16384,
         chat_template: bool = False,
+        system_prompt: str | None = None,
     ):
         if tokenizer.pad_token_id is None:
             if tokenizer.eos_token_id is None:
@@ -197,7 +200,7 @@ class LMPolicy:
         tokenizer.padding_side = "left"
         self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
         self.backend = backend or GenerateBackend(model, tokenizer)
-        self.token_budget, self.chat_template = token_budget, chat_template
+        self.token_budget, self.chat_template, self.system_prompt = token_budget, chat_template, system_prompt
 
     @property
     def device(self) -> torch.device:
@@ -211,15 +214,18 @@ class LMPolicy:
         tok = self.tokenizer
         if self.chat_template:
             prompts = [
-                tok.apply_chat_template(
-                    [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-                )
+                tok.apply_chat_template(self._messages(p), tokenize=False, add_generation_prompt=True)
                 for p in prompts
             ]
         elif tok.bos_token is not None and not getattr(tok, "add_bos_token", False):
             prompts = [p if p.startswith(tok.bos_token) else tok.bos_token + p for p in prompts]
         enc = tok(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False)
         return enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
+
+    def _messages(self, prompt: str) -> list[dict]:
+        """The chat turns of a prompt: the system prompt (none: the template's default) and the user's."""
+        system = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
+        return system + [{"role": "user", "content": prompt}]
 
     def sample(self, prompts: Sequence[str], n: int, greedy: bool = False) -> Rollout:
         """``n`` responses to each prompt; group ``g`` holds the responses to ``prompts[g]``."""

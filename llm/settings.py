@@ -13,12 +13,13 @@ from pathlib import Path
 
 from pmdlab.rl.algorithms import Algorithm
 
+from .models import KNOWN, is_fetched
 from .policy import SamplingConfig
-from .tasks import DEFAULT_TEMPLATE, REWARD_VALUES, ArithmeticTask
+from .tasks import ARITHMETIC_TEMPLATE, DEFAULT_TEMPLATE, REWARD_VALUES, ArithmeticTask
 from .tiny import TinyModelConfig
 from .warmstart import WarmStartConfig
 
-__all__ = ["DTYPES", "TaskConfig", "TrainConfig"]
+__all__ = ["DTYPES", "LoraConfig", "TaskConfig", "TrainConfig"]
 
 #: ``dtype=`` names (``auto`` picks bfloat16 on a GPU, float32 on a CPU).
 DTYPES = ("float32", "bfloat16", "float16")
@@ -32,7 +33,10 @@ class TaskConfig:
         data: ``arithmetic`` (the embedded task) or a jsonl file of {"id", "problem", "answer"} rows.
         eval_data: held-out jsonl file or bundled set (aime2024, aime2025, math500); arithmetic holds out
             its own.
-        template: prompt template for jsonl problems ({problem} is replaced).
+        template: prompt template ({problem} is replaced; none: ``{problem}=`` for arithmetic, a
+            boxed-answer instruction for jsonl problems).
+        grading: arithmetic: ``exact`` (the stripped completion is the answer) or ``last_number`` (the
+            last integer in free text is; for chat models).
         digits: arithmetic: digits of each number.
         terms: arithmetic: numbers per problem.
         operations: arithmetic: operators to draw from (+, -, *).
@@ -42,7 +46,8 @@ class TaskConfig:
 
     data: str = "arithmetic"
     eval_data: str | None = None
-    template: str = DEFAULT_TEMPLATE
+    template: str | None = None
+    grading: str = "exact"
     digits: int = 1
     terms: int = 4
     operations: str = "+"
@@ -62,9 +67,58 @@ class TaskConfig:
             raise ValueError(f"task.verify_timeout must be at least 1 second, got {self.verify_timeout}")
         if self.data == "arithmetic":
             try:  # the task's own checks of digits, terms and operations
-                ArithmeticTask(self.digits, self.terms, self.operations, eval_size=0)
+                ArithmeticTask(
+                    self.digits, self.terms, self.operations, eval_size=0, **self.arithmetic_prompt()
+                )
             except ValueError as e:
                 raise ValueError(f"task.{e}") from None
+        elif self.grading != "exact":
+            raise ValueError(
+                "task.grading applies to the arithmetic task; jsonl answers are checked by math-verify"
+            )
+
+    def arithmetic_prompt(self) -> dict:
+        """The arithmetic task's ``template`` and ``grading`` arguments."""
+        return {"template": self.template or ARITHMETIC_TEMPLATE, "grading": self.grading}
+
+    @property
+    def math_template(self) -> str:
+        """The prompt template of jsonl problems."""
+        return self.template or DEFAULT_TEMPLATE
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters through ``peft``: only the adapters train and are checkpointed.
+
+    Attributes:
+        rank: adapter rank (0: no adapters, every weight trains).
+        alpha: scale of the adapters' update, ``alpha / rank``.
+        dropout: dropout on the adapters' input.
+        target_modules: comma-separated module names (``q_proj,v_proj``) or ``all-linear`` (every linear
+            layer but the output head).
+    """
+
+    rank: int = 0
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: str = "all-linear"
+
+    def __post_init__(self):
+        if self.rank < 0:
+            raise ValueError(f"lora.rank must be non-negative (0: off), got {self.rank}")
+        if not self.alpha > 0:
+            raise ValueError(f"lora.alpha must be positive, got {self.alpha}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+        if not self.target_modules.strip(", "):
+            raise ValueError("lora.target_modules must name at least one module (or all-linear)")
+
+    def modules(self) -> str | list[str]:
+        """``target_modules`` as peft takes it."""
+        if self.target_modules == "all-linear":
+            return "all-linear"
+        return [m.strip() for m in self.target_modules.split(",") if m.strip()]
 
 
 @dataclass(frozen=True)
@@ -72,7 +126,9 @@ class TrainConfig:
     """RL post-training of a causal language model on a verifiable task.
 
     Attributes:
-        model: ``tiny`` (the embedded model, built and warm-started here) or a local model folder.
+        model: ``tiny`` (the embedded model, built and warm-started here), a local model folder, a
+            ``.gguf`` file (converted once), or a name that ``python -m pmdlab.llm.models fetch`` has
+            fetched (``smollm2-135m-instruct``).
         tiny: size of the embedded model.
         warmstart: the embedded model's supervised warm start.
         trust_remote_code: let ``transformers`` run code shipped with the model.
@@ -80,8 +136,11 @@ class TrainConfig:
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun: ``auto`` or ``cpu``).
         parallel: under torchrun, ``auto`` (FSDP2 on GPUs, DDP on CPUs), ``fsdp`` or ``ddp``.
         gradient_checkpointing: recompute activations in the backward pass (less memory).
+        lora: LoRA adapters (``lora.rank=16``); rank 0 trains every weight.
         task: the training task and its held-out set (arithmetic or a jsonl data set).
         chat_template: wrap each prompt as a user turn with the tokenizer's chat template.
+        system_prompt: with the chat template, the system turn (none: the template's default; an empty
+            string saves the default's tokens in every sequence).
         rollout_backend: ``transformers`` (``model.generate``) or ``vllm`` (a colocated vLLM engine; the
             vllm extra).
         vllm_memory: the vLLM engine's share of GPU memory.
@@ -124,8 +183,10 @@ class TrainConfig:
     device: str = "auto"
     parallel: str = "auto"
     gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     chat_template: bool = False
+    system_prompt: str | None = None
     rollout_backend: str = "transformers"
     vllm_memory: float = 0.4
     vllm_max_model_len: int = 4096
@@ -182,14 +243,30 @@ class TrainConfig:
             raise ValueError(f"max_grad_norm must be positive, got {self.max_grad_norm}")
         if self.rollout_backend not in ("transformers", "vllm"):
             raise ValueError(f"rollout_backend must be transformers or vllm, got {self.rollout_backend!r}")
+        if self.rollout_backend == "vllm" and self.lora.rank:
+            raise ValueError(
+                "rollout_backend=vllm does not reload LoRA adapters: use rollout_backend=transformers"
+            )
         if self.rollout_backend == "vllm" and self.parallel == "fsdp":
             raise ValueError("rollout_backend=vllm runs one engine per rank: use parallel=ddp")
         if self.parallel not in ("auto", "fsdp", "ddp"):
             raise ValueError(f"parallel must be auto, fsdp or ddp, got {self.parallel!r}")
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be auto or one of {DTYPES}, got {self.dtype!r}")
-        if self.model != "tiny" and not Path(self.model).is_dir():
-            raise ValueError(f"model must be 'tiny' or a local model folder; {self.model} is not a folder")
+        if self.model in KNOWN:
+            if not is_fetched(self.model):
+                raise ValueError(
+                    f"model {self.model} is not fetched yet: python -m pmdlab.llm.models fetch {self.model}"
+                )
+        elif self.model.endswith(".gguf"):
+            if not Path(self.model).is_file():
+                raise ValueError(f"model file {self.model} does not exist")
+        elif self.model != "tiny" and not Path(self.model).is_dir():
+            raise ValueError(
+                f"model must be 'tiny', a local model folder or a .gguf file; {self.model} is not a folder"
+            )
+        elif self.model != "tiny" and not (Path(self.model) / "config.json").is_file():
+            raise ValueError(f"model folder {self.model} has no config.json: not a Hugging Face model folder")
 
     @property
     def run_dir(self) -> Path:

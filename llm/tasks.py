@@ -19,6 +19,7 @@ import functools
 import hashlib
 import os
 import random
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -27,6 +28,11 @@ from . import jsonl
 __all__ = ["ArithmeticTask", "MathDataset", "Problem", "bundled_dataset", "load_jsonl", "make_reward"]
 
 REWARD_VALUES = {"binary": (1.0, 0.0), "signed": (1.0, -1.0)}
+#: The arithmetic prompt by default: the expression and ``=``, for a model that completes it.
+ARITHMETIC_TEMPLATE = "{problem}="
+#: How an arithmetic completion is graded (see :class:`ArithmeticTask`).
+GRADINGS = ("exact", "last_number")
+_INTEGER = re.compile(r"-?\d+")
 
 
 @dataclass(frozen=True)
@@ -55,13 +61,30 @@ class ArithmeticTask:
     ``operations`` is a string of ``+``, ``-`` and ``*`` (usual precedence);
     ``digits`` and ``terms`` set the difficulty. A tenth of all problems (by
     a hash of the text) is held out for evaluation; ``eval_size`` of them
-    form the evaluation set. Answers are exact-match.
+    form the evaluation set. ``template`` turns the expression (``4+7+2``)
+    into the prompt (default ``4+7+2=``; for a chat model e.g. ``What is
+    {problem}? Answer with the number only.``). ``grading``: ``exact`` (the
+    completion, stripped, is the answer) or ``last_number`` (the last integer
+    in a free-text completion is).
     """
 
     name = "arithmetic"
 
-    def __init__(self, digits: int = 1, terms: int = 4, operations: str = "+", eval_size: int = 200,
-                 seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        digits: int = 1,
+        terms: int = 4,
+        operations: str = "+",
+        eval_size: int = 200,
+        seed: int = 0,
+        template: str = ARITHMETIC_TEMPLATE,
+        grading: str = "exact",
+    ):
+        if "{problem}" not in template:
+            raise ValueError(f"template must contain {{problem}}, got {template!r}")
+        if grading not in GRADINGS:
+            raise ValueError(f"grading must be one of {GRADINGS}, got {grading!r}")
+        self.template, self.grading = template, grading
         if digits < 1:
             raise ValueError(f"digits must be at least 1, got {digits}")
         if terms < 2:
@@ -70,8 +93,10 @@ class ArithmeticTask:
             raise ValueError(f"operations must be a non-empty string of '+', '-', '*', got {operations!r}")
         distinct = 10 ** (digits * terms) * len(set(operations)) ** (terms - 1)
         if eval_size > distinct // 20:
-            raise ValueError(f"eval_size {eval_size} is too large: only about {distinct // 10} of the "
-                             f"{distinct} problems are held out; use more digits or terms")  # fmt: skip
+            raise ValueError(
+                f"eval_size {eval_size} is too large: only about {distinct // 10} of the "
+                f"{distinct} problems are held out; use more digits or terms"
+            )
         self.digits, self.terms, self.operations, self.seed = digits, terms, operations, seed
         self._rng = random.Random(seed)
         held = []
@@ -79,8 +104,8 @@ class ArithmeticTask:
         seen = set()
         while len(held) < eval_size:
             p = self._draw(rng)
-            if self._held_out(p.prompt) and p.prompt not in seen:
-                seen.add(p.prompt)
+            if self._held_out(p.id) and p.id not in seen:
+                seen.add(p.id)
                 held.append(p)
         self._eval = held
 
@@ -88,8 +113,12 @@ class ArithmeticTask:
         hi = 10**self.digits
         numbers = [rng.randrange(hi) for _ in range(self.terms)]
         ops = [rng.choice(self.operations) for _ in range(self.terms - 1)]
-        text = str(numbers[0]) + "".join(f"{op}{b}" for op, b in zip(ops, numbers[1:])) + "="
-        return Problem(id=text, prompt=text, answer=str(evaluate_expression(numbers, ops)))
+        expression = str(numbers[0]) + "".join(f"{op}{b}" for op, b in zip(ops, numbers[1:]))
+        return Problem(
+            id=expression + "=",
+            prompt=self.template.format(problem=expression),
+            answer=str(evaluate_expression(numbers, ops)),
+        )
 
     @staticmethod
     def _held_out(text: str) -> bool:
@@ -100,7 +129,7 @@ class ArithmeticTask:
         out = []
         while len(out) < size:
             p = self._draw(self._rng)
-            if not self._held_out(p.prompt):
+            if not self._held_out(p.id):
                 out.append(p)
         return out
 
@@ -113,9 +142,12 @@ class ArithmeticTask:
     def set_state(self, state) -> None:
         self._rng.setstate(_as_tuple(state))
 
-    @staticmethod
-    def extract(completion: str) -> str | None:
-        """The answer in a completion: its text up to the end, stripped (``None`` if empty)."""
+    def extract(self, completion: str) -> str | None:
+        """The answer in a completion (``None`` if there is none): the stripped text (``exact``)
+        or its last integer (``last_number``)."""
+        if self.grading == "last_number":
+            found = _INTEGER.findall(completion.replace(",", ""))
+            return str(int(found[-1])) if found else None
         text = completion.strip()
         return text or None
 
@@ -181,8 +213,15 @@ class MathDataset:
 
     name = "math"
 
-    def __init__(self, train: str, eval: str | None = None, template: str = DEFAULT_TEMPLATE, timeout: int = 5,
-                 eval_size: int | None = None, seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        train: str,
+        eval: str | None = None,
+        template: str = DEFAULT_TEMPLATE,
+        timeout: int = 5,
+        eval_size: int | None = None,
+        seed: int = 0,
+    ):
         self.template, self.timeout = template, timeout
         self._train = [self._problem(r) for r in load_jsonl(_resolve(train))]
         held = load_jsonl(_resolve(eval)) if eval else []
@@ -191,7 +230,9 @@ class MathDataset:
         self._order: list[int] = []
 
     def _problem(self, row: dict) -> Problem:
-        return Problem(id=row["id"], prompt=self.template.format(problem=row["problem"]), answer=row["answer"])
+        return Problem(
+            id=row["id"], prompt=self.template.format(problem=row["problem"]), answer=row["answer"]
+        )
 
     def train_batch(self, size: int) -> list[Problem]:
         """The next ``size`` problems of a reshuffled pass over the training file."""

@@ -85,6 +85,9 @@ class Trainer:
             raise ValueError(f"{self.run_dir} already holds a run; pass --resume, or choose another out=")
         path = build.model_path(config, self.task, self.ctx, resume_from)
         model, tokenizer = build.load_model(path, config, self.ctx.device)
+        if config.lora.rank:
+            adapter = None if resume_from is None else resume_from / "model"
+            model = build.apply_lora(model, config.lora, adapter, seed=build.seed_of(config.seed, 4))
         self.model = distributed.wrap(
             model, self.ctx, "ddp" if config.rollout_backend == "vllm" else config.parallel
         )
@@ -95,11 +98,11 @@ class Trainer:
             config.sampling,
             token_budget=config.token_budget,
             chat_template=config.chat_template,
+            system_prompt=config.system_prompt,
             backend=self.backend,
         )
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
-        )
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # with LoRA, the adapters
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
         warm = config.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
@@ -240,7 +243,14 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if not self.ctx.main:
             return
-        full = {"run": self.run_name, "algorithm": self.config.algorithm.name, "step": self.step, **record}
+        cfg = self.config
+        full = {
+            "run": self.run_name,
+            "algorithm": cfg.algorithm.name,
+            "model": cfg.model,
+            "step": self.step,
+            **record,
+        }
         metrics_log.append(self.log_path, full)
         for write in self._writers:
             write(record, self.step)
