@@ -132,3 +132,28 @@ def test_equivalent_forms_are_accepted(answer, completion, expected):
     task = MathDataset.__new__(MathDataset)
     task.timeout = 5
     assert task.is_correct(completion, Problem(id="x", prompt="", answer=answer)) is expected
+
+
+def test_free_text_grading_takes_the_last_integer():
+    chat = ArithmeticTask(terms=3, eval_size=20, template="What is {problem}? Answer with the number only.",
+                          grading="last_number")  # fmt: skip
+    plain = ArithmeticTask(terms=3, eval_size=20)
+    # The template changes the prompt, not the problems: the same held-out set, the same answers.
+    assert [p.id for p in chat.eval_problems()] == [p.id for p in plain.eval_problems()]
+    p = chat.eval_problems()[0]
+    assert (
+        p.prompt == f"What is {p.id[:-1]}? Answer with the number only."
+        and plain.eval_problems()[0].prompt == p.id
+    )
+    assert chat.is_correct(f"The sum is {p.answer}.", p)
+    assert chat.is_correct(f"3 + 4 ... so the answer is {p.answer}", p)
+    assert not chat.is_correct(f"{p.answer} is wrong, it is {int(p.answer) + 1}", p)
+    assert chat.extract("no digits here") is None and chat.extract("it is 1,024") == "1024"
+    assert chat.extract("-12") == "-12" and not plain.is_correct(f"The sum is {p.answer}.", p)
+
+
+def test_bad_grading_and_template_are_named():
+    with pytest.raises(ValueError, match="grading must be one of"):
+        ArithmeticTask(grading="fuzzy")
+    with pytest.raises(ValueError, match="template must contain"):
+        ArithmeticTask(template="What is it?")
