@@ -1,29 +1,41 @@
-"""Benchmark: one RL step of the LLM trainer on the embedded tiny model, on the CPU.
+"""Benchmark: one RL step of the LLM trainer against its floor, on the tiny model or a real one.
 
-1. Rollout: ``prompts x n`` responses with the batched ``transformers.generate``
-   backend, in tokens/s, against generating prompt by prompt (the same ``n``
-   responses each), measured in the same run.
-2. Update: :func:`pmdlab.rl.update.policy_update` on that batch (``m``
-   minibatch steps with the model's forward and backward), in tokens/s, and
-   the share of it spent in the loss itself: the same loss calls, forward and
-   backward, on the same minibatches' log-probs without the model.
+Measured in the same run, on the same batch:
 
-    python benchmarks/llm_step.py [--prompts 32] [--n 8] [--repeats 5] [--algorithm pmd_mean]
+1. Rollout: ``prompts x n`` responses from :class:`pmdlab.llm.policy.LMPolicy`
+   (batched ``generate`` plus the sampler's log-probs and the response mask), in
+   tokens/s, against a bare ``model.generate`` of the same prompts (the floor),
+   and against generating prompt by prompt.
+2. Update: :func:`pmdlab.rl.update.policy_update` (``m`` minibatch steps), in
+   tokens/s, against a bare forward and backward of the same padded sequences
+   (the floor: the model's cost without the loss, micro-batching or
+   bookkeeping), and the share spent in the loss itself.
+3. With ``--lora-rank R``: the same update with LoRA adapters, and the peak
+   resident memory of a process that runs the step with and without them.
+
+    python benchmarks/llm_step.py                                   # the embedded tiny model
+    python benchmarks/llm_step.py --model smollm2-135m-instruct --prompts 8 --n 4 --max-new-tokens 16
+    python benchmarks/llm_step.py --model PATH --lora-rank 16
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 
 from pmdlab.llm.policy import LMPolicy, SamplingConfig
 from pmdlab.llm.tasks import ArithmeticTask
-from pmdlab.llm.tiny import TinyModelConfig, build_model, build_tokenizer
 from pmdlab.rl import Algorithm, Groups
 from pmdlab.rl.update import minibatches, policy_update
+
+CHAT = "What is {problem}? Answer with the number only."
 
 
 def timed(fn, repeats: int) -> float:
@@ -35,34 +47,33 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=32)
-    parser.add_argument("--n", type=int, default=8)
-    parser.add_argument("--minibatches", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--algorithm", default="pmd_mean")
-    parser.add_argument("--max-new-tokens", type=int, default=4)
-    args = parser.parse_args()
+def load(args):
+    """Model, tokenizer, prompts and whether to use the chat template."""
+    if args.model == "tiny":
+        from pmdlab.llm.tiny import TinyModelConfig, build_model, build_tokenizer
 
-    tokenizer = build_tokenizer()
-    model = build_model(TinyModelConfig(), tokenizer)
-    policy = LMPolicy(model, tokenizer, SamplingConfig(max_new_tokens=args.max_new_tokens))
-    task = ArithmeticTask(eval_size=0)
-    prompts = [p.prompt for p in task.train_batch(args.prompts)]
-    algorithm = Algorithm(args.algorithm, tau=1.0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        tokenizer = build_tokenizer()
+        task = ArithmeticTask(eval_size=0)
+        return build_model(TinyModelConfig(), tokenizer), tokenizer, task, False
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pmdlab.llm import models
+
+    path = models.cache_root() / args.model if args.model in models.KNOWN else args.model
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    task = ArithmeticTask(terms=3, eval_size=0, template=CHAT, grading="last_number")
+    return model, AutoTokenizer.from_pretrained(path), task, True
+
+
+def with_lora(model, rank: int):
+    import peft
 
     torch.manual_seed(0)
-    rollout = policy.sample(prompts, args.n)
-    tokens = float(rollout.mask.sum())
-    batched = timed(lambda: policy.sample(prompts, args.n), args.repeats)
-    one_by_one = timed(lambda: [policy.sample([p], args.n) for p in prompts], max(1, args.repeats // 2))
+    config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", task_type="CAUSAL_LM")
+    return peft.get_peft_model(model, config)
 
-    rollout.rewards = (torch.rand(len(rollout)) < 0.5).float()
-    old = policy.log_probs_and_entropy(rollout)[0]
-    model.train()
 
+def update_fn(policy, optimizer, rollout, old, algorithm, args):
     def update():
         policy_update(
             policy.log_probs,
@@ -72,54 +83,161 @@ def main() -> None:
             num_minibatches=args.minibatches,
             old_logprobs=old,
             micro_batches=policy.micro_batches,
-            parameters=list(model.parameters()),
+            parameters=[p for p in policy.parameters() if p.requires_grad],
             max_grad_norm=1.0,
         )
 
-    update()  # warm-up
-    step = timed(update, args.repeats)
+    return update
 
+
+def bare_forward_backward(model, rollout, parts):
+    """The floor of the update: the model's forward and backward on each minibatch's padded
+    sequences, with a trivial loss on the response logits (no gather, no loss, no bookkeeping)."""
+
+    def step():
+        for index in parts:
+            ids = torch.cat([rollout.prompts[index], rollout.tokens[index]], dim=1)
+            attn = torch.cat([rollout.extras["prompt_mask"][index], rollout.mask[index].long()], dim=1)
+            logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+            logits[:, -rollout.tokens.shape[1] :].float().mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    return step
+
+
+def measure(args) -> dict:
+    torch.manual_seed(0)
+    model, tokenizer, task, chat = load(args)
+    if args.lora_rank:
+        model = with_lora(model, args.lora_rank)
+    sampling = SamplingConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    policy = LMPolicy(model, tokenizer, sampling, chat_template=chat, system_prompt="" if chat else None)
+    prompts = [p.prompt for p in task.train_batch(args.prompts)]
+    algorithm = Algorithm(args.algorithm, tau=1.0)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    model.eval()
+
+    torch.manual_seed(0)
+    rollout = policy.sample(prompts, args.n)
+    tokens = float(rollout.mask.sum())
+    ids, mask = policy.encode(prompts)
+
+    def bare_generate():
+        with torch.no_grad():
+            model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=args.temperature,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=args.max_new_tokens,
+                num_return_sequences=args.n,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+            )
+
+    out = {"tokens": tokens, "threads": torch.get_num_threads()}
+    out["rollout_s"] = timed(lambda: policy.sample(prompts, args.n), args.repeats)
+    out["generate_s"] = timed(bare_generate, args.repeats)
+    if args.prompt_by_prompt:
+        out["one_by_one_s"] = timed(lambda: [policy.sample([p], args.n) for p in prompts], 1)
+
+    rollout.rewards = (torch.rand(len(rollout)) < 0.5).float()
+    old = policy.log_probs_and_entropy(rollout)[0]
+    model.train()
+    update = update_fn(policy, optimizer, rollout, old, algorithm, args)
+    update()  # warm-up
+    out["update_s"] = timed(update, args.repeats)
     groups = Groups.from_ids(rollout.group_ids)
+    parts = minibatches(groups, args.minibatches, torch.Generator().manual_seed(0))
+    out["forward_backward_s"] = timed(bare_forward_backward(model, rollout, parts), args.repeats)
+
     advantages = algorithm.advantages(rollout.rewards, groups)
     with torch.no_grad():
         current = policy.log_probs(rollout)
-    parts = minibatches(groups, args.minibatches, torch.Generator().manual_seed(0))
 
     def loss_only():
         for index in parts:
             lp = current[index].clone().requires_grad_(True)
-            sub_groups = Groups.from_ids(rollout.group_ids[index])
             normalizer = algorithm.normalizer(rollout.mask[index])
-            out = algorithm.loss(
-                lp,
-                old[index],
-                rollout.mask[index],
-                advantages[index],
-                groups=sub_groups,
-                normalizer=normalizer,
+            loss = algorithm.loss(
+                lp, old[index], rollout.mask[index], advantages[index], normalizer=normalizer
             )
-            out.loss.backward()
+            loss.loss.backward()
 
-    loss_only()
-    loss_time = timed(loss_only, args.repeats * 4)
+    out["loss_s"] = timed(loss_only, args.repeats * 4)
+    out["parameters"] = sum(p.numel() for p in model.parameters())
+    out["trainable"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
 
-    params = sum(p.numel() for p in model.parameters())
+
+def report(args, r: dict) -> None:
+    name = "tiny model" if args.model == "tiny" else args.model
     print(
-        f"tiny model ({params / 1e3:.0f}k parameters), {args.prompts} prompts x {args.n} responses, "
-        f"{tokens:.0f} response tokens, threads = {torch.get_num_threads()}"
+        f"{name} ({r['parameters'] / 1e6:.1f} M parameters, {r['trainable'] / 1e6:.2f} M trainable), "
+        f"{args.prompts} prompts x {args.n} responses, {r['tokens']:.0f} response tokens, "
+        f"threads = {r['threads']}"
     )
-    print(f"rollout  batched generate      {batched * 1e3:8.1f} ms  {tokens / batched:9.0f} tokens/s")
-    print(f"         prompt by prompt      {one_by_one * 1e3:8.1f} ms  {tokens / one_by_one:9.0f} tokens/s")
-    print(f"         ratio                 {one_by_one / batched:8.1f}x")
+    t = r["tokens"]
     print(
-        f"update   {args.algorithm}, {args.minibatches} minibatches  {step * 1e3:8.1f} ms  "
-        f"{tokens / step:9.0f} tokens/s"
+        f"rollout  LMPolicy.sample       {r['rollout_s'] * 1e3:9.1f} ms  {t / r['rollout_s']:9.0f} tokens/s"
     )
     print(
-        f"         the loss alone        {loss_time * 1e3:8.2f} ms  "
-        f"= {100 * loss_time / step:.2f}% of the update"
+        f"         bare model.generate   {r['generate_s'] * 1e3:9.1f} ms  {t / r['generate_s']:9.0f} tokens/s"
     )
-    print(f"         share of the step     {100 * loss_time / (step + batched):.2f}% (rollout + update)")
+    print(f"         ratio to the floor    {r['rollout_s'] / r['generate_s']:9.2f}x")
+    if "one_by_one_s" in r:
+        slower = r["one_by_one_s"] / r["rollout_s"]
+        print(f"         prompt by prompt      {r['one_by_one_s'] * 1e3:9.1f} ms  ({slower:.1f}x slower)")
+    print(
+        f"update   {args.algorithm}, {args.minibatches} minibatches {r['update_s'] * 1e3:9.1f} ms  "
+        f"{t / r['update_s']:9.0f} tokens/s"
+    )
+    fb = r["forward_backward_s"]
+    print(f"         bare forward+backward {fb * 1e3:9.1f} ms  {t / fb:9.0f} tokens/s")
+    print(f"         ratio to the floor    {r['update_s'] / fb:9.2f}x")
+    share = 100 * r["loss_s"] / r["update_s"]
+    print(f"         the loss alone        {r['loss_s'] * 1e3:9.2f} ms  = {share:.2f}% of the update")
+    print(f"peak resident memory           {r['peak_rss_mb']:9.0f} MB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny", help="tiny, a fetched model's name, or a model folder")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--n", type=int, default=8)
+    parser.add_argument("--minibatches", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--algorithm", default="pmd_mean")
+    parser.add_argument("--max-new-tokens", type=int, default=4)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--lora-rank", type=int, default=0, help="also measure LoRA adapters of this rank")
+    parser.add_argument(
+        "--prompt-by-prompt", action="store_true", help="also time generating prompt by prompt"
+    )
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one measurement, as JSON
+    args = parser.parse_args()
+    if args.json:
+        print(json.dumps(measure(args)))
+        return
+    # Each configuration in its own process, so that its peak memory is its own.
+    configs = [0] + ([args.lora_rank] if args.lora_rank else [])
+    argv, skip = [], False
+    for a in sys.argv[1:]:
+        if skip or a.startswith("--lora-rank"):
+            skip = a == "--lora-rank"
+            continue
+        argv.append(a)
+    for rank in configs:
+        cmd = [sys.executable, __file__, *argv, "--json", "--lora-rank", str(rank)]
+        result = json.loads(
+            subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+        )
+        if rank:
+            print(f"\nwith LoRA rank {rank} (all linear layers):")
+        report(args, result)
 
 
 if __name__ == "__main__":
