@@ -1,5 +1,7 @@
 """The shared off-policy update: minibatching, accumulation, guards, and the algorithm table."""
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given
@@ -168,3 +170,60 @@ def test_algorithm_rejects_unknown_names_and_options():
         Algorithm(aggregation="sum")
     with pytest.raises(ValueError, match="tau must be positive"):
         Algorithm(name="pmd_part", tau=0.0)
+
+
+def test_old_source_sampler_trains_against_the_sampler_log_probs_without_recomputing():
+    """With ``old_source="sampler"`` the update's pi_old is the sampler's (the policy is asked only for
+    the trained log-probs), and the trainer's, when given, are compared with it."""
+    rollout, w, log_probs = _setup()
+    with torch.no_grad():
+        exact = log_probs(rollout)
+    rollout.sampler_logprobs = (exact - 0.1) * rollout.mask
+    calls = []
+
+    def counting(r):
+        calls.append(torch.is_grad_enabled())
+        return log_probs(r)
+
+    def run(algorithm, old=None):
+        w.data = _setup()[1].data.clone()
+        opt = torch.optim.SGD([w], lr=0.1)
+        calls.clear()
+        metrics = policy_update(counting, opt, rollout, algorithm, old_logprobs=old)
+        return w.detach().clone(), metrics
+
+    sampler_w, metrics = run(Algorithm("pmd_mean", tau=0.5, old_source="sampler"))
+    assert calls == [True]  # one forward, with grad: pi_old was not recomputed
+    assert "sampler_abs_diff" not in metrics
+    shifted = dataclasses.replace(rollout, sampler_logprobs=None)
+    same_w, _ = run_with(shifted, exact - 0.1, log_probs, w)
+    torch.testing.assert_close(sampler_w, same_w)
+    _, compared = run(Algorithm("pmd_mean", tau=0.5, old_source="sampler"), old=exact)
+    assert compared["sampler_abs_diff"] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="old_source='sampler' needs a rollout with sampler_logprobs"):
+        policy_update(log_probs, torch.optim.SGD([w], lr=0.1), shifted, Algorithm(old_source="sampler"))
+
+
+def run_with(rollout, old, log_probs, w):
+    """The trainer-source update with ``old`` as pi_old, from the same starting weights."""
+    w.data = _setup()[1].data.clone()
+    policy_update(
+        log_probs, torch.optim.SGD([w], lr=0.1), rollout, Algorithm("pmd_mean", tau=0.5), old_logprobs=old
+    )
+    return w.detach().clone(), None
+
+
+def test_a_rollout_serialises_every_field_and_rejects_unknown_ones():
+    rollout, _, _ = _setup()
+    rollout.sampler_logprobs = torch.zeros_like(rollout.mask)
+    data = rollout.to_dict()
+    assert set(data) == {f.name for f in dataclasses.fields(Rollout)}
+    back = Rollout.from_dict(data, device="cpu")
+    for f in dataclasses.fields(Rollout):
+        a, b = getattr(rollout, f.name), getattr(back, f.name)
+        if f.name == "extras":
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        else:
+            assert torch.equal(a, b), f.name
+    with pytest.raises(ValueError, match=r"unknown fields \['version'\]"):
+        Rollout.from_dict({**data, "version": 3})
