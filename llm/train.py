@@ -127,7 +127,10 @@ class Trainer:
         self.policy.model.eval()
         with distributed.gathered(self.model):
             rollout = self.policy.sample([p.prompt for p in problems], cfg.n)
-            old, entropy = self.policy.log_probs_and_entropy(rollout)
+            if cfg.algorithm.old_source == "sampler":  # exact already: no second forward pass
+                old, entropy = rollout.sampler_logprobs, None
+            else:
+                old, entropy = self.policy.log_probs_and_entropy(rollout)
         texts = self.policy.decode(rollout)
         hits = [self.task.is_correct(t, problems[i // cfg.n]) for i, t in enumerate(texts)]
         rewards = [self.reward(hit) for hit in hits]
@@ -140,7 +143,7 @@ class Trainer:
             "train/reward": float(rollout.rewards.mean()),
             "train/accuracy": float(correct.float().mean()),
             "train/response_length": tokens / len(rollout),
-            "train/entropy": float(entropy.sum() / rollout.mask.sum()),
+            "train/entropy": float("nan") if entropy is None else float(entropy.sum() / rollout.mask.sum()),
             "train/solved_groups": float(correct.view(-1, cfg.n).all(1).float().mean()),
             "train/unsolved_groups": float((~correct.view(-1, cfg.n)).all(1).float().mean()),
             "perf/rollout_s": elapsed,

@@ -214,3 +214,21 @@ def test_tensorboard_receives_the_same_scalars(tmp_path):
     rewards = [(r["step"], r["train/reward"]) for r in logged if "train/reward" in r]
     assert [(e.step, pytest.approx(e.value, rel=1e-6)) for e in events.Scalars("train/reward")] == rewards
     assert "eval/avg@k" in events.Tags()["scalars"]
+
+
+def test_sampler_log_probs_as_pi_old_skip_the_second_forward(tmp_path, monkeypatch):
+    """``algorithm.old_source=sampler``: the rollout's own log-probs are pi_old, and the trainer never
+    runs the no-grad forward that would recompute them."""
+    from pmdlab.llm.policy import LMPolicy
+
+    calls = []
+    real = LMPolicy.log_probs_and_entropy
+    monkeypatch.setattr(LMPolicy, "log_probs_and_entropy", lambda self, r: calls.append(1) or real(self, r))
+    config = small_config(
+        tmp_path, algorithm=Algorithm("pmd_mean", tau=1.0, old_source="sampler"), eval_every=0
+    )
+    records = Trainer(config).run()
+    assert calls == [] and len(records) == 4
+    assert all(
+        r["loss/kl_k1"] == pytest.approx(0.0, abs=1e-5) or r["loss/optimizer_steps"] == 2 for r in records
+    )
