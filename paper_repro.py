@@ -48,11 +48,12 @@ def _llm_logs(args) -> tuple[list[str], str]:
 _MEASURED_S = {"full": {"llm": 280, "other": 190}, "quick": {"llm": 35, "other": 40}}
 
 
-def _expected_time(names: list[str], quick: bool) -> str:
-    """What the run will cost, from :data:`_MEASURED_S` (cached numbers make it seconds)."""
+def _expected_time(names: list[str], quick: bool, trains: bool) -> str:
+    """What the run will cost, from :data:`_MEASURED_S` (cached numbers make it seconds); ``trains``:
+    figure 8 trains its two LLM runs (no metrics logs were given)."""
     cost = _MEASURED_S["quick" if quick else "full"]
-    seconds = cost["other"] + (cost["llm"] if "llm" in names else 0)
-    llm = f", of which about {cost['llm']} s train the two LLM runs of figure 8" if "llm" in names else ""
+    seconds = cost["other"] + (cost["llm"] if trains else 0)
+    llm = f", of which about {cost['llm']} s train the two LLM runs of figure 8" if trains else ""
     return (
         f"expected: about {seconds / 60:.0f} min on 2 CPU cores from an empty cache{llm}; "
         "seconds when the numbers are cached"
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{i}. {fig.name}: {fig.shows}")
         return 0
     names = list(FIGURES) if not args.figure or "all" in args.figure else list(dict.fromkeys(args.figure))
-    print(_expected_time(names, args.quick), flush=True)
+    trains = "llm" in names and not args.llm_log and not args.no_llm_training
+    print(_expected_time(names, args.quick, trains), flush=True)
     os.makedirs(args.out, exist_ok=True)
     cache = os.path.join(args.out, "cache")
     start = time.perf_counter()
