@@ -21,7 +21,6 @@ whole state, in and out.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -38,6 +37,7 @@ from pmdlab.rl.config import to_dict
 from pmdlab.rl.rollout import Rollout
 
 from . import distributed, metrics_log
+from .digest import file_sha256
 
 __all__ = [
     "begin",
@@ -105,18 +105,12 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def write_manifest(folder: Path) -> None:
     """``manifest.json``: ``{relative path: {"bytes", "sha256"}}`` of every file in ``folder``."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    entries = {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    entries = {
+        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files
+    }
     (folder / MANIFEST).write_text(json.dumps({"files": entries}, indent=1))
 
 
@@ -136,7 +130,7 @@ def problem(folder: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != entry["bytes"]:
             return f"{name} has {path.stat().st_size} bytes, the manifest says {entry['bytes']}"
-        if _sha256(path) != entry["sha256"]:
+        if file_sha256(path) != entry["sha256"]:
             return f"{name} does not match its SHA-256 in the manifest"
     return None
 

@@ -22,7 +22,6 @@ quantisation record, and that model is saved.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -32,6 +31,8 @@ import zipfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from .digest import file_sha256
 
 __all__ = [
     "KNOWN",
@@ -75,14 +76,6 @@ KNOWN = {
 def cache_root() -> Path:
     """``$PMDLAB_CACHE/models`` (default ``~/.cache/pmdlab/models``)."""
     return Path(os.environ.get("PMDLAB_CACHE") or Path.home() / ".cache" / "pmdlab") / "models"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _is_converted(folder: Path) -> bool:
@@ -193,7 +186,7 @@ def fetch(name: str, out: str | os.PathLike | None = None) -> Path:
         convert_gguf(gguf, target)
         if licence_text is not None:
             (target / "LICENSE").write_bytes(licence_text)
-        (target / "PROVENANCE.md").write_text(_provenance(source, gguf, _sha256(gguf)))
+        (target / "PROVENANCE.md").write_text(_provenance(source, gguf, file_sha256(gguf)))
     return target
 
 
@@ -202,7 +195,7 @@ def folder_for_gguf(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"model file {path} does not exist")
-    digest = _sha256(path)
+    digest = file_sha256(path)
     target = cache_root() / f"gguf-{path.stem}-{digest[:12]}"
     if not _is_converted(target):
         target.parent.mkdir(parents=True, exist_ok=True)

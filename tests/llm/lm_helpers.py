@@ -73,3 +73,38 @@ def single_token_lm(vocab: int, hidden: int = 16, seed: int = 0, dtype=torch.flo
         tie_word_embeddings=False,
     )
     return Qwen2ForCausalLM(cfg).to(dtype)
+
+
+def killed_and_resumed(tmp_path, monkeypatch, **overrides):
+    """Two runs of ``small_config(**overrides)`` over 4 steps: one straight through (``tmp_path/a``), one
+    killed after its step-2 checkpoint and resumed (``tmp_path/b``). Returns both trainers and both
+    logs without their timings, for the test to compare."""
+    from pmdlab.llm import metrics_log
+    from pmdlab.llm.train import Trainer
+
+    straight = Trainer(small_config(tmp_path / "a", steps=4, **overrides))
+    straight.run()
+    killed = Trainer(small_config(tmp_path / "b", steps=4, **overrides))
+    real_step = Trainer.train_step
+
+    def die_at_step_three(self):
+        if self.step == 2:
+            raise KeyboardInterrupt  # killed after the checkpoint of step 2
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", die_at_step_three)
+    try:
+        killed.run()
+        raise AssertionError("the run was not interrupted")
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    resumed = Trainer(small_config(tmp_path / "b", steps=4, resume=True, **overrides))
+    assert resumed.step == 2
+    resumed.run()
+
+    def log(folder):
+        records = metrics_log.read([folder / "run" / "metrics.jsonl"])
+        return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
+
+    return straight, resumed, log(tmp_path / "a"), log(tmp_path / "b")

@@ -3,12 +3,11 @@
 import pytest
 import torch
 
-from pmdlab.llm import metrics_log
 from pmdlab.llm.settings import LoraConfig
 from pmdlab.llm.train import Trainer
 from pmdlab.rl.algorithms import ALGORITHMS, Algorithm
 
-from .lm_helpers import small_config, weights
+from .lm_helpers import killed_and_resumed, small_config, weights
 
 pytest.importorskip("peft", reason="peft is not installed (pip install peft, or the lora extra)")
 
@@ -48,35 +47,12 @@ def test_only_the_adapters_train_under_every_loss(tmp_path, name):
 
 
 def test_a_checkpoint_holds_the_adapters_only_and_resumes_exactly(tmp_path, monkeypatch):
-    straight = Trainer(small_config(tmp_path / "a", lora=LORA, steps=4))
-    straight.run()
+    straight, resumed, a, b = killed_and_resumed(tmp_path, monkeypatch, lora=LORA)
     saved = tmp_path / "a" / "run" / "step-000004" / "model"
     assert (saved / "adapter_model.safetensors").is_file() and not (saved / "model.safetensors").exists()
-
-    killed = Trainer(small_config(tmp_path / "b", lora=LORA, steps=4))
-    real_step = Trainer.train_step
-
-    def die_at_step_three(self):
-        if self.step == 2:
-            raise KeyboardInterrupt
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", die_at_step_three)
-    with pytest.raises(KeyboardInterrupt):
-        killed.run()
-    monkeypatch.setattr(Trainer, "train_step", real_step)
-    resumed = Trainer(small_config(tmp_path / "b", lora=LORA, steps=4, resume=True))
-    assert resumed.step == 2
-    resumed.run()
     wa, wb = weights(straight), weights(resumed)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-
-    def strip(r):
-        return {k: v for k, v in r.items() if not k.startswith("perf/")}
-
-    a = [strip(r) for r in metrics_log.read([tmp_path / "a" / "run" / "metrics.jsonl"])]
-    b = [strip(r) for r in metrics_log.read([tmp_path / "b" / "run" / "metrics.jsonl"])]
-    assert a == b
+    assert a == b and [r["step"] for r in b] == [0, 1, 2, 3, 4]
 
 
 def test_the_merged_export_computes_what_the_adapted_model_computes(tmp_path):

@@ -12,7 +12,7 @@ from pmdlab.rl.algorithms import Algorithm
 from pmdlab.rl.config import update
 from pmdlab.rl.losses import LossOutput
 
-from .lm_helpers import SMALL, save_tiny, small_config, weights
+from .lm_helpers import SMALL, killed_and_resumed, save_tiny, small_config, weights
 
 
 def test_a_step_changes_the_parameters_and_logs_every_panel(tmp_path):
@@ -45,30 +45,7 @@ def test_a_step_changes_the_parameters_and_logs_every_panel(tmp_path):
 
 @pytest.mark.parametrize("staleness", [0, 1])
 def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, staleness, monkeypatch):
-    straight = Trainer(small_config(tmp_path / "a", staleness=staleness, steps=4))
-    straight.run()
-
-    killed = Trainer(small_config(tmp_path / "b", staleness=staleness, steps=4))
-    real_step = Trainer.train_step
-
-    def die_at_step_three(self):
-        if self.step == 2:
-            raise KeyboardInterrupt  # killed after the checkpoint of step 2
-        return real_step(self)
-
-    monkeypatch.setattr(Trainer, "train_step", die_at_step_three)
-    with pytest.raises(KeyboardInterrupt):
-        killed.run()
-    monkeypatch.setattr(Trainer, "train_step", real_step)
-    resumed = Trainer(small_config(tmp_path / "b", staleness=staleness, steps=4, resume=True))
-    assert resumed.step == 2
-    resumed.run()
-
-    def strip(r):
-        return {k: v for k, v in r.items() if not k.startswith("perf/")}
-
-    a = [strip(r) for r in metrics_log.read([tmp_path / "a" / "run" / "metrics.jsonl"])]
-    b = [strip(r) for r in metrics_log.read([tmp_path / "b" / "run" / "metrics.jsonl"])]
+    straight, resumed, a, b = killed_and_resumed(tmp_path, monkeypatch, staleness=staleness)
     assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
     assert a == b
     wa, wb = weights(straight), weights(resumed)
