@@ -253,6 +253,7 @@ class Trainer:
             "model": cfg.model,
             "step": self.step,
             **record,
+            "perf/wall_s": time.perf_counter() - self._started,  # since this process began ``run``
         }
         metrics_log.append(self.log_path, full)
         for write in self._writers:
@@ -289,6 +290,7 @@ class Trainer:
     def run(self) -> list[dict]:
         """Train to ``steps``; return the records logged by this call."""
         cfg = self.config
+        self._started = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         records = []
         bar, shown = None, {}

@@ -1,0 +1,200 @@
+"""Runs over algorithms and seeds, and their outcome with intervals over seeds.
+
+    python -m pmdlab.llm.sweep --config recipes/smollm2-arithmetic-cpu.yaml \\
+        --algorithms pmd_mean,grpo,pmd_part --seeds 0,1,2 --jobs 2 --threads 1 --out runs/seeds steps=15
+    python -m pmdlab.llm.sweep --summary runs/seeds          # the table again, from the logs
+
+Each run is ``python -m pmdlab.llm.train --config CONFIG algorithm=NAME
+seed=S out=OUT/NAME-seedS threads=T [key=value ...]`` in its own process
+(``--jobs`` at a time; its output in ``OUT/NAME-seedS/train.log``). A run
+whose log already reaches the last step is not run again, and one that was
+interrupted continues from its last checkpoint (``--resume``), so a stopped
+sweep is restarted with the same command.
+
+The summary gives, per algorithm, the held-out metrics at the first and the
+last evaluation as the mean over seeds with a 95% bootstrap interval
+(:mod:`pmdlab.rl.stats`), the gain, and the difference of every other
+algorithm's final ``eval/avg@k`` from the first algorithm's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from pmdlab.rl.stats import bootstrap_difference, bootstrap_mean
+
+from . import checkpoint, metrics_log
+
+__all__ = ["outcomes", "summary", "main"]
+
+METRICS = ("eval/avg@k", "eval/pass@k", "eval/maj@k")
+
+
+def _run_name(algorithm: str, seed: int) -> str:
+    return f"{algorithm}-seed{seed}"
+
+
+def _finished(run_dir: Path, steps: int | None) -> bool:
+    log = run_dir / "metrics.jsonl"
+    if steps is None or not log.exists():
+        return False
+    return any(r["step"] >= steps for r in metrics_log.read([log]))
+
+
+def _command(config: str | None, algorithm: str, seed: int, run_dir: Path, threads: int, extra, resume):
+    cmd = [sys.executable, "-m", "pmdlab.llm.train"]
+    cmd += ["--config", config] if config else []
+    cmd += [f"algorithm={algorithm}", f"seed={seed}", f"out={run_dir}", f"threads={threads}", *extra]
+    return cmd + (["--resume"] if resume else [])
+
+
+def _steps(config: str | None, extra: list[str]) -> int:
+    from pmdlab.rl.config import parse
+
+    from .settings import TrainConfig
+
+    argv = (["--config", config] if config else []) + list(extra)
+    return parse(TrainConfig, argv, prog="python -m pmdlab.llm.sweep").steps
+
+
+def run_sweep(config, algorithms, seeds, out: Path, jobs: int, threads: int, extra: list[str]) -> int:
+    """Run every (algorithm, seed) not yet finished, ``jobs`` at a time; return how many failed."""
+    steps = _steps(config, extra)  # also checks the settings once, before any run starts
+    todo = [(a, s) for s in seeds for a in algorithms if not _finished(out / _run_name(a, s), steps)]
+    done = len(algorithms) * len(seeds) - len(todo)
+    print(f"{len(todo)} runs to do ({done} already finished), {jobs} at a time, {threads} threads each")
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    running: dict[str, tuple[subprocess.Popen, float, Path]] = {}
+    failed = []
+    while todo or running:
+        while todo and len(running) < jobs:
+            algorithm, seed = todo.pop(0)
+            run_dir = out / _run_name(algorithm, seed)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            resume = checkpoint.latest_valid(run_dir) is not None
+            log = open(run_dir / "train.log", "a")
+            cmd = _command(config, algorithm, seed, run_dir, threads, extra, resume)
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            log.close()
+            running[run_dir.name] = (proc, time.perf_counter(), run_dir)
+            print(f"  started {run_dir.name}" + (" (resumed)" if resume else ""), flush=True)
+        time.sleep(1.0)
+        for name, (proc, start, run_dir) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            took = time.perf_counter() - start
+            if proc.returncode:
+                failed.append(name)
+                print(f"  FAILED {name} (exit {proc.returncode}); see {run_dir / 'train.log'}", flush=True)
+            else:
+                print(f"  finished {name} in {took / 60:.1f} min", flush=True)
+    if failed:
+        print(f"{len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
+    return len(failed)
+
+
+def outcomes(logs) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """``{algorithm: {metric: {"first"|"last"|"wall_min": [one value per run]}}}`` from metrics logs.
+
+    "first" and "last" are the metric at the run's first and last evaluation.
+    Every run must have evaluated at the same steps, so that the runs compare."""
+    out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    eval_steps = {}
+    for log in logs:
+        records = metrics_log.read([log])
+        if not records:
+            raise ValueError(f"{log}: the log is empty")
+        evals = sorted((r for r in records if r.get("eval/avg@k") is not None), key=lambda r: r["step"])
+        if len(evals) < 2:
+            raise ValueError(f"{log}: needs evaluations at two steps at least, found {len(evals)}")
+        eval_steps[str(log)] = [r["step"] for r in evals]
+        algorithm = records[0]["algorithm"]
+        for metric in METRICS:
+            out[algorithm][metric]["first"].append(float(evals[0][metric]))
+            out[algorithm][metric]["last"].append(float(evals[-1][metric]))
+        wall = [r["perf/wall_s"] for r in records if r.get("perf/wall_s") is not None]
+        if wall:
+            out[algorithm]["perf/wall_s"]["last"].append(max(wall))
+    if len({tuple(s) for s in eval_steps.values()}) > 1:
+        detail = "; ".join(f"{k}: {v}" for k, v in eval_steps.items())
+        raise ValueError(f"the runs evaluated at different steps, so they do not compare: {detail}")
+    return {a: {m: dict(v) for m, v in ms.items()} for a, ms in out.items()}
+
+
+def summary(logs) -> str:
+    """A Markdown table of :func:`outcomes` with 95% bootstrap intervals over seeds."""
+    result = outcomes(logs)
+    algorithms = list(result)
+    lines = [
+        "| algorithm | seeds | metric | first evaluation | last evaluation | gain |",
+        "|---|---|---|---|---|---|",
+    ]
+    for a in algorithms:
+        for metric in METRICS:
+            first, last = result[a][metric]["first"], result[a][metric]["last"]
+            gain = bootstrap_mean([b - a for a, b in zip(first, last)])  # paired: one gain per seed
+            lines.append(
+                f"| {a} | {len(first)} | {metric} | {bootstrap_mean(first)} | {bootstrap_mean(last)} | "
+                f"{gain} |"
+            )
+    reference = algorithms[0]
+    for a in algorithms[1:]:
+        d = bootstrap_difference(result[a]["eval/avg@k"]["last"], result[reference]["eval/avg@k"]["last"])
+        verdict = "differ" if d.excludes_zero() else "not separated by this many seeds"
+        lines.append(f"\nlast eval/avg@k, {a} − {reference}: {d} ({verdict})")
+    walls = [w / 60 for a in algorithms for w in result[a].get("perf/wall_s", {}).get("last", [])]
+    if walls:
+        lines.append(f"\nwall time per run: {min(walls):.1f}–{max(walls):.1f} min")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m pmdlab.llm.sweep", description=__doc__.splitlines()[0], epilog="key=value: settings"
+    )
+    parser.add_argument("--config", help="a settings file, as for python -m pmdlab.llm.train")
+    parser.add_argument(
+        "--algorithms", default="pmd_mean,grpo", help="comma-separated (default pmd_mean,grpo)"
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per run (default cores/jobs)"
+    )
+    parser.add_argument("--out", default="runs/sweep", help="folder of the runs (default runs/sweep)")
+    parser.add_argument("--summary", metavar="DIR", help="only print the summary of the runs under DIR")
+    args, extra = parser.parse_known_args(argv)
+    unknown = [a for a in extra if "=" not in a or a.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognised arguments: {' '.join(unknown)}")
+    try:
+        if args.summary:
+            logs = sorted(Path(args.summary).glob("*/metrics.jsonl"))
+            if not logs:
+                raise ValueError(f"no */metrics.jsonl under {args.summary}")
+            print(summary(logs))
+            return 0
+        if args.jobs < 1:
+            raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+        out = Path(args.out)
+        failed = run_sweep(args.config, algorithms, seeds, out, args.jobs, threads, extra)
+        logs = [out / _run_name(a, s) / "metrics.jsonl" for a in algorithms for s in seeds]
+        print(summary([p for p in logs if p.exists()]))
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""Sweeps over algorithms and seeds: each run equals the trainer run alone; summaries with intervals."""
+
+import json
+
+import pytest
+
+from pmdlab.llm import metrics_log, sweep
+from pmdlab.llm.train import Trainer
+from pmdlab.rl.algorithms import Algorithm
+from pmdlab.rl.config import to_dict
+from pmdlab.rl.stats import bootstrap_mean
+
+from .lm_helpers import small_config
+
+
+def _without_timings(records):
+    return [{k: v for k, v in r.items() if not k.startswith("perf/") and k != "run"} for r in records]
+
+
+def test_each_run_of_a_sweep_is_the_trainers_run_and_a_finished_sweep_is_not_rerun(tmp_path, capsys):
+    settings = to_dict(small_config(tmp_path, steps=2, eval_every=2, save_every=2, threads=1))
+    for key in ("out", "algorithm", "seed"):
+        settings.pop(key)
+    config = tmp_path / "sweep.json"
+    config.write_text(json.dumps(settings))
+    argv = ["--config", str(config), "--algorithms", "pmd_mean,grpo", "--seeds", "0,1", "--jobs", "2"]
+    argv += ["--threads", "1", "--out", str(tmp_path / "sweep")]
+    assert sweep.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "4 runs to do (0 already finished)" in printed and "grpo − pmd_mean" in printed
+    for name, seed in (("pmd_mean", 1), ("grpo", 0)):
+        alone = Trainer(
+            small_config(
+                tmp_path / f"alone-{name}-{seed}",
+                steps=2,
+                eval_every=2,
+                save_every=2,
+                threads=1,
+                seed=seed,
+                algorithm=Algorithm(name, tau=1.0) if name.startswith("pmd") else Algorithm(name),
+            )
+        )
+        alone.run()
+        swept = metrics_log.read([tmp_path / "sweep" / f"{name}-seed{seed}" / "metrics.jsonl"])
+        assert _without_timings(swept) == _without_timings(metrics_log.read([alone.log_path]))
+    assert sweep.main(argv) == 0
+    assert "0 runs to do (4 already finished)" in capsys.readouterr().out
+
+
+def _log(path, algorithm, evals):
+    """A metrics log with evaluations ``[(step, avg@k)]`` (pass@k and maj@k follow avg@k)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for step, value in evals:
+        record = {"run": path.parent.name, "algorithm": algorithm, "step": step, "eval/avg@k": value}
+        metrics_log.append(path, {**record, "eval/pass@k": value, "eval/maj@k": value, "perf/wall_s": 60.0})
+    return path
+
+
+def test_the_summary_states_means_and_intervals_from_the_logs(tmp_path):
+    a = [
+        _log(tmp_path / f"a{i}" / "m.jsonl", "pmd_mean", [(0, 0.1), (10, v)])
+        for i, v in enumerate([0.5, 0.6])
+    ]
+    b = [_log(tmp_path / f"b{i}" / "m.jsonl", "grpo", [(0, 0.1), (10, v)]) for i, v in enumerate([0.2, 0.3])]
+    out = sweep.outcomes(a + b)
+    assert out["pmd_mean"]["eval/avg@k"]["last"] == [0.5, 0.6]
+    assert out["grpo"]["eval/avg@k"]["first"] == [0.1, 0.1]
+    table = sweep.summary(a + b)
+    assert f"| pmd_mean | 2 | eval/avg@k | 0.100 [0.100, 0.100] | {bootstrap_mean([0.5, 0.6])} |" in table
+    assert "grpo − pmd_mean: -0.300" in table and "(differ)" in table
+
+
+def test_overlapping_seeds_are_reported_as_not_separated(tmp_path):
+    a = [
+        _log(tmp_path / f"a{i}" / "m.jsonl", "pmd_mean", [(0, 0.1), (9, v)]) for i, v in enumerate([0.3, 0.5])
+    ]
+    b = [_log(tmp_path / f"b{i}" / "m.jsonl", "grpo", [(0, 0.1), (9, v)]) for i, v in enumerate([0.35, 0.45])]
+    assert "not separated by this many seeds" in sweep.summary(a + b)
+
+
+def test_runs_evaluated_at_different_steps_do_not_compare(tmp_path):
+    a = _log(tmp_path / "a" / "m.jsonl", "pmd_mean", [(0, 0.1), (10, 0.5)])
+    b = _log(tmp_path / "b" / "m.jsonl", "grpo", [(0, 0.1), (12, 0.5)])
+    with pytest.raises(ValueError, match="evaluated at different steps"):
+        sweep.outcomes([a, b])
+    c = _log(tmp_path / "c" / "m.jsonl", "grpo", [(0, 0.1)])
+    with pytest.raises(ValueError, match=r"c/m.jsonl: needs evaluations at two steps"):
+        sweep.outcomes([a, c])
+
+
+def test_bad_sweep_arguments_are_one_error_line(tmp_path, capsys):
+    assert sweep.main(["--out", str(tmp_path), "--jobs", "0"]) == 2
+    assert "--jobs must be at least 1" in capsys.readouterr().err
+    assert sweep.main(["--summary", str(tmp_path / "nothing")]) == 2
+    assert "no */metrics.jsonl under" in capsys.readouterr().err
+    assert sweep.main(["--out", str(tmp_path), "steps=0"]) == 2
+    assert "steps" in capsys.readouterr().err
