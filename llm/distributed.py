@@ -98,6 +98,13 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
+    """``max over ranks of x`` (in place, returned); the identity with one process."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
 def mean_over_ranks(metrics: dict[str, float], ctx: Context) -> dict[str, float]:
     """Each metric averaged over ranks (one all-reduce for the whole dict)."""
     if not ctx.distributed or not metrics:

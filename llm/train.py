@@ -19,6 +19,11 @@ Each step (docs/math.md §5):
    :mod:`.metrics_log`), with held-out evaluation every ``eval_every`` steps;
 4. every ``save_every`` steps, an atomic, verified checkpoint (:mod:`.checkpoint`).
 
+SIGTERM (a scheduler's pre-emption) or SIGINT (Ctrl-C) lets the step in
+progress finish, writes a checkpoint of it and stops with exit status
+``128 + signal`` (143, 130); a second signal abandons the step at once.
+``--resume`` then continues exactly where the run stopped.
+
 Settings are :mod:`.settings`; the task, model and backend are built by :mod:`.build`.
 
 All randomness is drawn from generators seeded by ``(seed, step)``, so a
@@ -28,7 +33,9 @@ resumed run repeats exactly what the uninterrupted run would have done.
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -45,11 +52,63 @@ from .policy import LMPolicy
 from .settings import TaskConfig, TrainConfig
 from .tasks import make_reward
 
-__all__ = ["NonFiniteError", "TaskConfig", "TrainConfig", "Trainer", "main"]
+__all__ = ["NonFiniteError", "Stopped", "TaskConfig", "TrainConfig", "Trainer", "main"]
 
 
 class NonFiniteError(RuntimeError):
     """Too many optimiser updates in a row had a non-finite loss or gradient."""
+
+
+class Stopped(RuntimeError):
+    """SIGTERM or SIGINT arrived: the current step was finished and checkpointed, then the run stopped.
+
+    ``exit_status`` is the shell's convention for the signal, ``128 + signum``: 143 for SIGTERM
+    (a scheduler's pre-emption), 130 for SIGINT (Ctrl-C)."""
+
+    def __init__(self, signum: int, step: int, checkpoint_dir: Path):
+        self.signum, self.step, self.checkpoint_dir = signum, step, checkpoint_dir
+        self.exit_status = 128 + signum
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"{name}: stopped after step {step}, checkpoint {checkpoint_dir}; continue with --resume"
+        )
+
+
+#: The signals that stop a run cleanly (after the current step, with a checkpoint).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _StopRequest:
+    """Record the first stop signal; a second one abandons the step at once (the default action)."""
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+        for s, handler in self._previous.items():  # the next signal acts at once
+            signal.signal(s, handler)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # handlers live in the main thread
+            self._previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+            for s in STOP_SIGNALS:
+                signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
+
+    def agreed(self, ctx) -> int:
+        """The signal any rank received (0 if none): every rank stops at the same step."""
+        if not ctx.distributed:
+            return self.signum
+        flag = torch.tensor([float(self.signum)], device=ctx.device)
+        distributed.all_reduce_max(flag)
+        return int(flag.item())
 
 
 # --------------------------------------------------------------------- trainer
@@ -288,7 +347,9 @@ class Trainer:
     # -- the run -------------------------------------------------------------
 
     def run(self) -> list[dict]:
-        """Train to ``steps``; return the records logged by this call."""
+        """Train to ``steps``; return the records logged by this call.
+
+        Raises :class:`Stopped` after checkpointing the finished step when SIGTERM or SIGINT arrived."""
         cfg = self.config
         self._started = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -298,33 +359,37 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=cfg.steps, initial=self.step, desc=self.run_name, dynamic_ncols=True)
-        if self.step == 0 and cfg.eval_every:
-            record = self.evaluate()
-            self._log(record)
-            records.append({"step": 0, **record})
-        try:
-            while self.step < cfg.steps:
-                record = self.train_step()
-                last = self.step == cfg.steps
-                if cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
-                    record.update(self.evaluate())
-                self._log(record)
-                records.append({"step": self.step, **record})
+        with _StopRequest() as stop:
+            try:
+                if self.step == 0 and cfg.eval_every:
+                    record = self.evaluate()
+                    self._log(record)
+                    records.append({"step": 0, **record})
+                while self.step < cfg.steps:
+                    record = self.train_step()
+                    last = self.step == cfg.steps
+                    if cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
+                        record.update(self.evaluate())
+                    self._log(record)
+                    records.append({"step": self.step, **record})
+                    if bar is not None:
+                        bar.update(1)
+                        shown.update(_postfix(record))  # the last evaluation stays on show
+                        bar.set_postfix(shown, refresh=False)
+                    if self.nonfinite_streak >= cfg.max_nonfinite:
+                        raise NonFiniteError(
+                            f"{self.nonfinite_streak} optimiser updates in a row had a non-finite loss or "
+                            f"gradient (max_nonfinite={cfg.max_nonfinite}); stopped at step {self.step}. "
+                            f"The last checkpoint in {self.run_dir} holds finite weights."
+                        )
+                    signum = stop.agreed(self.ctx)
+                    if last or signum or (cfg.save_every and self.step % cfg.save_every == 0):
+                        saved = self.save()
+                    if signum and not last:
+                        raise Stopped(signum, self.step, saved)
+            finally:
                 if bar is not None:
-                    bar.update(1)
-                    shown.update(_postfix(record))  # the last evaluation stays on show
-                    bar.set_postfix(shown, refresh=False)
-                if self.nonfinite_streak >= cfg.max_nonfinite:
-                    raise NonFiniteError(
-                        f"{self.nonfinite_streak} optimiser updates in a row had a non-finite loss or "
-                        f"gradient (max_nonfinite={cfg.max_nonfinite}); stopped at step {self.step}. "
-                        f"The last checkpoint in {self.run_dir} holds finite weights."
-                    )
-                if last or (cfg.save_every and self.step % cfg.save_every == 0):
-                    self.save()
-        finally:
-            if bar is not None:
-                bar.close()
+                    bar.close()
         return records
 
 
@@ -349,6 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Stopped as e:
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_status
     evals = [r for r in records if "eval/avg@k" in r]
     print(
         f"{trainer.run_name}: {trainer.step} steps in {time.perf_counter() - start:.0f} s; "

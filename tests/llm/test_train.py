@@ -2,6 +2,10 @@
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -9,7 +13,7 @@ import torch
 from pmdlab.llm import metrics_log
 from pmdlab.llm.train import NonFiniteError, TaskConfig, TrainConfig, Trainer, main
 from pmdlab.rl.algorithms import Algorithm
-from pmdlab.rl.config import update
+from pmdlab.rl.config import to_dict, update
 from pmdlab.rl.losses import LossOutput
 
 from .lm_helpers import SMALL, killed_and_resumed, save_tiny, small_config, weights
@@ -209,3 +213,53 @@ def test_sampler_log_probs_as_pi_old_skip_the_second_forward(tmp_path, monkeypat
     assert all(
         r["loss/kl_k1"] == pytest.approx(0.0, abs=1e-5) or r["loss/optimizer_steps"] == 2 for r in records
     )
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_checkpoints_the_step_and_resume_reaches_the_uninterrupted_weights(tmp_path, sig):
+    """SIGTERM (pre-emption) or Ctrl-C mid-run: the step in progress is finished and checkpointed,
+    the exit status is 128 + signal, and ``--resume`` ends where the uninterrupted run ends."""
+    settings = dict(steps=6, save_every=0, eval_every=3, threads=1)  # save_every=0: no periodic checkpoint
+    config = tmp_path / "run.json"
+    config.write_text(
+        json.dumps({k: v for k, v in to_dict(small_config(tmp_path, **settings)).items() if k != "out"})
+    )
+    run = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pmdlab.llm.train", "--config", str(config), f"out={run}"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not any(r["step"] >= 2 for r in _records(run / "metrics.jsonl")):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the signal"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    status, err = proc.wait(timeout=120), proc.stderr.read()
+    assert status == 128 + sig, err
+    stopped_at = max(r["step"] for r in _records(run / "metrics.jsonl"))
+    assert 2 <= stopped_at < 6 and f"stopped after step {stopped_at}" in err
+    assert [p.name for p in run.glob("step-*")] == [f"step-{stopped_at:06d}"]  # the signal's checkpoint
+
+    resumed = Trainer(small_config(tmp_path, out=str(run), resume=True, **settings))
+    assert resumed.step == stopped_at
+    resumed.run()
+    straight = Trainer(small_config(tmp_path, out=str(tmp_path / "straight"), **settings))
+    straight.run()
+    wa, wb = weights(straight), weights(resumed)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+    def timeless(path):
+        return [
+            {k: v for k, v in r.items() if not k.startswith("perf/") and k != "run"} for r in _records(path)
+        ]
+
+    assert timeless(run / "metrics.jsonl") == timeless(tmp_path / "straight" / "metrics.jsonl")
+
+
+def _records(path):
+    """The log's records so far (none while a line is half written)."""
+    try:
+        return metrics_log.read([path]) if path.exists() else []
+    except ValueError:
+        return []
