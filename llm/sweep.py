@@ -9,7 +9,9 @@ seed=S out=OUT/NAME-seedS threads=T [key=value ...]`` in its own process
 (``--jobs`` at a time; its output in ``OUT/NAME-seedS/train.log``). A run
 whose log already reaches the last step is not run again, and one that was
 interrupted continues from its last checkpoint (``--resume``), so a stopped
-sweep is restarted with the same command.
+sweep is restarted with the same command. SIGTERM or Ctrl-C is passed on to
+the runs, which finish their step, checkpoint it and stop; the sweep then
+exits with status ``128 + signal``.
 
 The summary gives, per algorithm, the held-out metrics at the first and the
 last evaluation as the mean over seeds with a 95% bootstrap interval
@@ -21,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
+from pmdlab.rl.algorithms import ALGORITHMS
 from pmdlab.rl.stats import bootstrap_difference, bootstrap_mean
 
 from . import checkpoint, metrics_log
@@ -63,41 +67,79 @@ def _steps(config: str | None, extra: list[str]) -> int:
     return parse(TrainConfig, argv, prog="python -m pmdlab.llm.sweep").steps
 
 
-def run_sweep(config, algorithms, seeds, out: Path, jobs: int, threads: int, extra: list[str]) -> int:
-    """Run every (algorithm, seed) not yet finished, ``jobs`` at a time; return how many failed."""
+class _Signals:
+    """The stop signals the sweep received (SIGTERM, SIGINT), to forward to its runs."""
+
+    def __init__(self):
+        self.received: list[int] = []
+
+    def __enter__(self):
+        self._previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+        for s in self._previous:
+            signal.signal(s, lambda signum, frame: self.received.append(signum))
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+def run_sweep(
+    config, algorithms, seeds, out: Path, jobs: int, threads: int, extra: list[str]
+) -> tuple[int, int]:
+    """Run every (algorithm, seed) not yet finished, ``jobs`` at a time.
+
+    Return ``(runs that failed, stop signal or 0)``. Each run is a session of its own, so a
+    Ctrl-C reaches the sweep only; the sweep passes every SIGTERM or SIGINT on to its runs (the
+    first lets each finish and checkpoint its step, a second abandons it) and starts no more."""
     steps = _steps(config, extra)  # also checks the settings once, before any run starts
     todo = [(a, s) for s in seeds for a in algorithms if not _finished(out / _run_name(a, s), steps)]
     done = len(algorithms) * len(seeds) - len(todo)
     print(f"{len(todo)} runs to do ({done} already finished), {jobs} at a time, {threads} threads each")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     running: dict[str, tuple[subprocess.Popen, float, Path]] = {}
-    failed = []
-    while todo or running:
-        while todo and len(running) < jobs:
-            algorithm, seed = todo.pop(0)
-            run_dir = out / _run_name(algorithm, seed)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            resume = checkpoint.latest_valid(run_dir) is not None
-            log = open(run_dir / "train.log", "a")
-            cmd = _command(config, algorithm, seed, run_dir, threads, extra, resume)
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            log.close()
-            running[run_dir.name] = (proc, time.perf_counter(), run_dir)
-            print(f"  started {run_dir.name}" + (" (resumed)" if resume else ""), flush=True)
-        time.sleep(1.0)
-        for name, (proc, start, run_dir) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[name]
-            took = time.perf_counter() - start
-            if proc.returncode:
-                failed.append(name)
-                print(f"  FAILED {name} (exit {proc.returncode}); see {run_dir / 'train.log'}", flush=True)
-            else:
-                print(f"  finished {name} in {took / 60:.1f} min", flush=True)
+    failed, forwarded = [], 0
+    with _Signals() as signals:
+        while todo or running:
+            while todo and len(running) < jobs and not signals.received:
+                algorithm, seed = todo.pop(0)
+                run_dir = out / _run_name(algorithm, seed)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                resume = checkpoint.latest_valid(run_dir) is not None
+                log = open(run_dir / "train.log", "a")
+                cmd = _command(config, algorithm, seed, run_dir, threads, extra, resume)
+                proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+                log.close()
+                running[run_dir.name] = (proc, time.perf_counter(), run_dir)
+                print(f"  started {run_dir.name}" + (" (resumed)" if resume else ""), flush=True)
+            for signum in signals.received[forwarded:]:
+                print(f"  {signal.Signals(signum).name}: passed on to {len(running)} runs", flush=True)
+                for proc, _, _ in running.values():
+                    proc.send_signal(signum)
+            forwarded = len(signals.received)
+            time.sleep(0.5)
+            for name, (proc, start, run_dir) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[name]
+                took = time.perf_counter() - start
+                if proc.returncode in {c for s in signals.received for c in (128 + s, -s)}:
+                    # 128 + s: stopped after a checkpointed step; -s: stopped before its first step
+                    print(f"  stopped {name} after {took / 60:.1f} min", flush=True)
+                elif proc.returncode:
+                    failed.append(name)
+                    print(
+                        f"  FAILED {name} (exit {proc.returncode}); see {run_dir / 'train.log'}", flush=True
+                    )
+                else:
+                    print(f"  finished {name} in {took / 60:.1f} min", flush=True)
     if failed:
         print(f"{len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
-    return len(failed)
+    if signals.received:
+        print("stopped: run the same command to continue where each run stopped", file=sys.stderr)
+    return len(failed), (signals.received[0] if signals.received else 0)
 
 
 def outcomes(logs) -> dict[str, dict[str, dict[str, list[float]]]]:
@@ -128,10 +170,16 @@ def outcomes(logs) -> dict[str, dict[str, dict[str, list[float]]]]:
     return {a: {m: dict(v) for m, v in ms.items()} for a, ms in out.items()}
 
 
+def _mean_with_interval(values: list[float]) -> str:
+    """``mean [low, high]`` over seeds; one seed has no interval."""
+    return str(bootstrap_mean(values)) if len(values) > 1 else f"{values[0]:.3f} (1 seed)"
+
+
 def summary(logs) -> str:
     """A Markdown table of :func:`outcomes` with 95% bootstrap intervals over seeds."""
     result = outcomes(logs)
-    algorithms = list(result)
+    order = list(ALGORITHMS)  # PMD-mean first: the others are compared with it
+    algorithms = sorted(result, key=lambda a: order.index(a) if a in order else len(order))
     lines = [
         "| algorithm | seeds | metric | first evaluation | last evaluation | gain |",
         "|---|---|---|---|---|---|",
@@ -139,14 +187,15 @@ def summary(logs) -> str:
     for a in algorithms:
         for metric in METRICS:
             first, last = result[a][metric]["first"], result[a][metric]["last"]
-            gain = bootstrap_mean([b - a for a, b in zip(first, last)])  # paired: one gain per seed
-            lines.append(
-                f"| {a} | {len(first)} | {metric} | {bootstrap_mean(first)} | {bootstrap_mean(last)} | "
-                f"{gain} |"
-            )
+            gains = [y - x for x, y in zip(first, last)]  # paired: one gain per seed
+            cells = [_mean_with_interval(v) for v in (first, last, gains)]
+            lines.append(f"| {a} | {len(first)} | {metric} | " + " | ".join(cells) + " |")
     reference = algorithms[0]
     for a in algorithms[1:]:
-        d = bootstrap_difference(result[a]["eval/avg@k"]["last"], result[reference]["eval/avg@k"]["last"])
+        ours, theirs = result[a]["eval/avg@k"]["last"], result[reference]["eval/avg@k"]["last"]
+        if min(len(ours), len(theirs)) < 2:
+            continue
+        d = bootstrap_difference(ours, theirs)
         verdict = "differ" if d.excludes_zero() else "not separated by this many seeds"
         lines.append(f"\nlast eval/avg@k, {a} − {reference}: {d} ({verdict})")
     walls = [w / 60 for a in algorithms for w in result[a].get("perf/wall_s", {}).get("last", [])]
@@ -187,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         algorithms = [a.strip() for a in args.algorithms.split(",") if a.strip()]
         threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
         out = Path(args.out)
-        failed = run_sweep(args.config, algorithms, seeds, out, args.jobs, threads, extra)
+        failed, signum = run_sweep(args.config, algorithms, seeds, out, args.jobs, threads, extra)
+        if signum:
+            return 128 + signum
         logs = [out / _run_name(a, s) / "metrics.jsonl" for a in algorithms for s in seeds]
         print(summary([p for p in logs if p.exists()]))
     except ValueError as e:

@@ -7,9 +7,10 @@
 * :mod:`.algorithms`: the algorithm table, name -> loss, baseline, defaults;
 * :mod:`.rollout`: the rollout batch and the policy interface;
 * :mod:`.update`: the off-policy minibatch update;
-* :mod:`.config`: configuration dataclasses from files and the command line.
+* :mod:`.config`: configuration dataclasses from files and the command line;
+* :mod:`.stats`: intervals over seeds for every comparison the project reports.
 
-It needs torch only; :mod:`pmdlab.bandit` and :mod:`pmdlab.llm` stand on it.
+It needs torch (and scipy, for :mod:`.stats`) only; :mod:`pmdlab.bandit` and :mod:`pmdlab.llm` stand on it.
 """
 
 from .algorithms import ALGORITHMS, TABLE, Algorithm

@@ -45,8 +45,11 @@ class Interval:
 
 def _values(values: Sequence[float], name: str) -> np.ndarray:
     x = np.asarray(values, dtype=float)
-    if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D sequence of numbers, got shape {x.shape}")
+    if x.ndim != 1 or x.size < 2:
+        raise ValueError(
+            f"{name} must be a 1-D sequence of at least 2 numbers (one per seed) for an interval, "
+            f"got shape {x.shape}"
+        )
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name} must be finite, got {x.tolist()}")
     return x

@@ -108,3 +108,13 @@ def killed_and_resumed(tmp_path, monkeypatch, **overrides):
         return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in records]
 
     return straight, resumed, log(tmp_path / "a"), log(tmp_path / "b")
+
+
+def records_so_far(path):
+    """A metrics log's records so far (none while a line is half written by a running process)."""
+    from pmdlab.llm import metrics_log
+
+    try:
+        return metrics_log.read([path]) if path.exists() else []
+    except ValueError:
+        return []

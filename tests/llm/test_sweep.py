@@ -1,6 +1,10 @@
 """Sweeps over algorithms and seeds: each run equals the trainer run alone; summaries with intervals."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -10,6 +14,7 @@ from pmdlab.rl.algorithms import Algorithm
 from pmdlab.rl.config import to_dict
 from pmdlab.rl.stats import bootstrap_mean
 
+from .lm_helpers import records_so_far as _records
 from .lm_helpers import small_config
 
 
@@ -95,3 +100,34 @@ def test_bad_sweep_arguments_are_one_error_line(tmp_path, capsys):
     assert "no */metrics.jsonl under" in capsys.readouterr().err
     assert sweep.main(["--out", str(tmp_path), "steps=0"]) == 2
     assert "steps" in capsys.readouterr().err
+
+
+def test_a_stopped_sweep_checkpoints_its_runs_and_the_same_command_continues(tmp_path, capsys):
+    settings = to_dict(small_config(tmp_path, steps=40, eval_every=20, save_every=0, threads=1))
+    config = tmp_path / "sweep.json"
+    config.write_text(
+        json.dumps({k: v for k, v in settings.items() if k not in ("out", "algorithm", "seed")})
+    )
+    out = tmp_path / "sweep"
+    argv = ["--config", str(config), "--algorithms", "pmd_mean", "--seeds", "0,1", "--jobs", "2"]
+    argv += ["--threads", "1", "--out", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pmdlab.llm.sweep", *argv], stderr=subprocess.PIPE, text=True
+    )
+    logs = [out / f"pmd_mean-seed{s}" / "metrics.jsonl" for s in (0, 1)]
+    deadline = time.monotonic() + 300
+    while not all(any(r["step"] >= 1 for r in _records(log)) for log in logs):
+        assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before the signal"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    status, err = proc.wait(timeout=120), proc.stderr.read()
+    assert status == 128 + signal.SIGTERM, err
+    assert "run the same command to continue" in err
+    for log in logs:  # each run stopped after a step, with that step's checkpoint
+        stopped_at = max(r["step"] for r in _records(log))
+        assert stopped_at < 40 and [p.name for p in log.parent.glob("step-*")] == [f"step-{stopped_at:06d}"]
+    assert sweep.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("(resumed)") == 2 and all(
+        max(r["step"] for r in _records(log)) == 40 for log in logs
+    )

@@ -17,6 +17,7 @@ from pmdlab.rl.config import to_dict, update
 from pmdlab.rl.losses import LossOutput
 
 from .lm_helpers import SMALL, killed_and_resumed, save_tiny, small_config, weights
+from .lm_helpers import records_so_far as _records
 
 
 def test_a_step_changes_the_parameters_and_logs_every_panel(tmp_path):
@@ -255,11 +256,3 @@ def test_a_stop_signal_checkpoints_the_step_and_resume_reaches_the_uninterrupted
         ]
 
     assert timeless(run / "metrics.jsonl") == timeless(tmp_path / "straight" / "metrics.jsonl")
-
-
-def _records(path):
-    """The log's records so far (none while a line is half written)."""
-    try:
-        return metrics_log.read([path]) if path.exists() else []
-    except ValueError:
-        return []

@@ -67,7 +67,7 @@ def test_no_spread_gives_a_point_interval():
     assert (got.low, got.estimate, got.high) == (0.25, 0.25, 0.25)
 
 
-@pytest.mark.parametrize("bad", [[], [0.1, float("nan")], [[0.1, 0.2]]])
+@pytest.mark.parametrize("bad", [[], [0.7], [0.1, float("nan")], [[0.1, 0.2]]])
 def test_bad_values_name_the_argument(bad):
     with pytest.raises(ValueError, match="values must"):
         bootstrap_mean(bad)
