@@ -2,10 +2,12 @@
 
 The run is the trainer's defaults (tiny model, sums of four one-digit numbers,
 32 prompts x 8 responses, tau = 1, lr 3e-4), shortened to 100 steps and
-evaluated on 128 held-out problems x 4 samples before and after. Measured on
-2 CPU cores: avg@4 0.293 -> 0.449 in about 35 s. With the update disabled
-(the loss multiplied by 0) the weights never change and the rise is exactly 0,
-so the assertion below fails.
+evaluated on 128 held-out problems x 4 samples before and after (the same
+samples' seeds both times). Measured on 2 CPU cores: avg@4 0.293 -> 0.449 on
+one machine and 0.340 -> 0.414 on another (a different CPU: its floating-point
+rounding changes the warm start and every sampled trajectory after it), in
+about 35 s. With the update disabled (the loss multiplied by 0) the weights
+never change and the rise is exactly 0, so the assertion below fails.
 """
 
 import os
@@ -14,7 +16,7 @@ from pmdlab.llm.train import TrainConfig, Trainer
 from pmdlab.llm.warmstart import WarmStartConfig
 
 STEPS = 100
-MARGIN = 0.08  # points of avg@4; the measured rise is 0.156
+MARGIN = 0.04  # points of avg@4; measured rises 0.156 and 0.074 on two machines, 0 without updates
 
 
 def held_out_rise(tmp_path, algorithm=None) -> tuple[float, float]:
