@@ -103,7 +103,8 @@ def test_bad_sweep_arguments_are_one_error_line(tmp_path, capsys):
 
 
 def test_a_stopped_sweep_checkpoints_its_runs_and_the_same_command_continues(tmp_path, capsys):
-    settings = to_dict(small_config(tmp_path, steps=40, eval_every=20, save_every=0, threads=1))
+    steps = 100
+    settings = to_dict(small_config(tmp_path, steps=steps, eval_every=50, save_every=0, threads=1))
     config = tmp_path / "sweep.json"
     config.write_text(
         json.dumps({k: v for k, v in settings.items() if k not in ("out", "algorithm", "seed")})
@@ -116,18 +117,21 @@ def test_a_stopped_sweep_checkpoints_its_runs_and_the_same_command_continues(tmp
     )
     logs = [out / f"pmd_mean-seed{s}" / "metrics.jsonl" for s in (0, 1)]
     deadline = time.monotonic() + 300
-    while not all(any(r["step"] >= 1 for r in _records(log)) for log in logs):
+    while not any(any(r["step"] >= 1 for r in _records(log)) for log in logs):
         assert proc.poll() is None and time.monotonic() < deadline, "the sweep ended before the signal"
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     status, err = proc.wait(timeout=120), proc.stderr.read()
     assert status == 128 + signal.SIGTERM, err
     assert "run the same command to continue" in err
-    for log in logs:  # each run stopped after a step, with that step's checkpoint
-        stopped_at = max(r["step"] for r in _records(log))
-        assert stopped_at < 40 and [p.name for p in log.parent.glob("step-*")] == [f"step-{stopped_at:06d}"]
+    checkpointed = 0
+    for log in logs:  # a run that had begun training stopped after a step, with that step's checkpoint
+        last = max((r["step"] for r in _records(log)), default=0)
+        found = [p.name for p in log.parent.glob("step-*")]
+        assert last < steps and found == ([f"step-{last:06d}"] if last else [])
+        checkpointed += bool(last)
+    assert checkpointed >= 1
     assert sweep.main(argv) == 0
     printed = capsys.readouterr().out
-    assert printed.count("(resumed)") == 2 and all(
-        max(r["step"] for r in _records(log)) == 40 for log in logs
-    )
+    assert printed.count("(resumed)") == checkpointed
+    assert all(max(r["step"] for r in _records(log)) == steps for log in logs)
