@@ -148,7 +148,8 @@ def _plot(d, params):
         for alg, runs in groups.items():
             name = _NAMES.get(alg, alg)
             color = ALGORITHM_COLORS.get(name)
-            if len(runs) == 1 or not one_run_each and _curves(d, runs, metric) is None:
+            curves = _curves(d, runs, metric) if len(runs) > 1 else None
+            if curves is None:
                 for run in runs:
                     key = f"{run}/{metric}"
                     if key + "/step" not in d:
@@ -161,7 +162,7 @@ def _plot(d, params):
                     else:
                         ax.plot(x, y, marker="o", ms=2.5, lw=1.5, label=label, color=color)
                 continue
-            steps, values = _curves(d, runs, metric)
+            steps, values = curves
             bands = [bootstrap_mean(v, resamples=_BAND_RESAMPLES) for v in values.T]
             label = f"{name} ({len(runs)} seeds)"
             marker = dict(marker="o", ms=2.5) if steps.size <= _DENSE else {}
@@ -181,7 +182,8 @@ def _first_last(d, run, metric):
 
 def _caption(d, params):
     parts = []
-    for alg, runs in _by_algorithm(d).items():
+    groups = _by_algorithm(d)
+    for alg, runs in groups.items():
         name = _NAMES.get(alg, alg)
         for metric in ("eval/avg@k", "eval/pass@k"):
             pairs = [p for p in (_first_last(d, run, metric) for run in runs) if p is not None]
@@ -190,7 +192,6 @@ def _caption(d, params):
             elif pairs:
                 first, last = bootstrap_mean([p[0] for p in pairs]), bootstrap_mean([p[1] for p in pairs])
                 parts.append(f"{name} {metric} {first} → {last} ({len(pairs)} seeds)")
-    groups = _by_algorithm(d)
     finals = {
         alg: [p[1] for p in (_first_last(d, run, "eval/avg@k") for run in runs) if p is not None]
         for alg, runs in groups.items()

@@ -44,11 +44,9 @@ def _run_name(algorithm: str, seed: int) -> str:
     return f"{algorithm}-seed{seed}"
 
 
-def _finished(run_dir: Path, steps: int | None) -> bool:
+def _finished(run_dir: Path, steps: int) -> bool:
     log = run_dir / "metrics.jsonl"
-    if steps is None or not log.exists():
-        return False
-    return any(r["step"] >= steps for r in metrics_log.read([log]))
+    return log.exists() and any(r["step"] >= steps for r in metrics_log.read([log]))
 
 
 def _command(config: str | None, algorithm: str, seed: int, run_dir: Path, threads: int, extra, resume):
@@ -143,9 +141,10 @@ def run_sweep(
 
 
 def outcomes(logs) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """``{algorithm: {metric: {"first"|"last"|"wall_min": [one value per run]}}}`` from metrics logs.
+    """``{algorithm: {metric: {"first"|"last": [one value per run]}}}`` from metrics logs.
 
-    "first" and "last" are the metric at the run's first and last evaluation.
+    "first" and "last" are the metric at the run's first and last evaluation; the metric
+    ``perf/wall_s`` has only "last", each run's longest ``perf/wall_s``.
     Every run must have evaluated at the same steps, so that the runs compare."""
     out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     eval_steps = {}
