@@ -5,7 +5,8 @@ A checkpoint is a folder ``step-000040/`` in the run's folder holding
 * ``model/``: the weights (``save_pretrained``, safetensors) and tokenizer;
 * ``trainer.pt``: optimiser and scheduler states, torch/numpy/Python
   random states, the data position, the step and the non-finite streak;
-* ``rollouts-rank{r}.pt``: each rank's not-yet-used rollouts (staleness);
+* ``rollouts-rank{r}.pt``: each rank's not-yet-used rollouts (staleness; with asynchronous
+  rollouts, rank 0's received batches);
 * ``manifest.json``, written last: every other file's size and SHA-256.
 
 It is written to a temporary folder (:func:`begin`, then the files) and
@@ -174,6 +175,7 @@ def save(trainer) -> Path:
         state = {
             "step": step,
             "nonfinite_streak": trainer.nonfinite_streak,
+            "lag_counts": None if trainer.pipeline is None else trainer.pipeline.lag_counts,
             "optimizer": optimizer_state,
             "scheduler": trainer.scheduler.state_dict(),
             "rng": rng_state(),
@@ -206,6 +208,8 @@ def restore(trainer, path: Path) -> None:
         )
     trainer.step = state["step"]
     trainer.nonfinite_streak = state["nonfinite_streak"]
+    if trainer.pipeline is not None and state.get("lag_counts") is not None:
+        trainer.pipeline.lag_counts = list(state["lag_counts"])
     distributed.load_optimizer_state(trainer.model, trainer.optimizer, state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])

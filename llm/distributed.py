@@ -16,6 +16,13 @@ then
   (:func:`full_state_dict`).
 
 With one process every function here is the identity.
+
+**Asynchronous rollouts** (``async_rollouts=true``, :mod:`.pipeline`): the
+last ``rollout_ranks`` ranks of the world generate, the first ones train.
+Every collective here then runs over the training ranks' own group, and
+:class:`Context` describes a rank's place among the trainers (or among the
+rollout workers), with the groups the pipeline uses to move batches and
+weights.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -31,6 +39,7 @@ __all__ = [
     "Context",
     "all_reduce_sum",
     "barrier",
+    "broadcast_object",
     "full_optimizer_state",
     "full_state_dict",
     "gathered",
@@ -47,12 +56,23 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Context:
-    """This process's place: ``rank`` of ``world_size``, its ``device``."""
+    """This process's place: ``rank`` of ``world_size``, its ``device``.
+
+    With asynchronous rollouts ``rank`` and ``world_size`` count the processes of this rank's
+    ``role`` (``train`` or ``rollout``); ``global_rank`` is its rank in the whole world,
+    ``rollout_ranks`` the global ranks that generate, and ``publish_group`` (training rank 0
+    and the rollout ranks: weights) and ``channel_group`` (the same ranks on gloo: batches) the
+    groups the pipeline uses."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    role: str = "train"
+    global_rank: int = 0
+    rollout_ranks: tuple[int, ...] = ()
+    publish_group: Any = None
+    channel_group: Any = None
 
     @property
     def distributed(self) -> bool:
@@ -63,20 +83,50 @@ class Context:
         return self.rank == 0
 
 
-def setup(device: str = "auto") -> Context:
-    """Join the ``torchrun`` process group if there is one; pick this rank's device."""
+#: The group the training ranks' collectives run over (``None``: the whole world).
+_TRAIN_GROUP = None
+#: This process's context once an asynchronous world is split.
+_CONTEXT = None
+
+
+def setup(device: str = "auto", rollout_ranks: int = 0) -> Context:
+    """Join the ``torchrun`` process group if there is one; pick this rank's device.
+
+    ``rollout_ranks > 0`` (asynchronous rollouts) splits the world: the last ``rollout_ranks``
+    ranks generate, the others train, and the groups of :class:`Context` are made."""
+    global _TRAIN_GROUP, _CONTEXT
+    if _CONTEXT is not None and dist.is_initialized():  # the groups exist once per process
+        return _CONTEXT
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available() and device != "cpu"
     if device not in ("auto", "cpu") and device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device {device} asked for, but CUDA is not available")
+    if rollout_ranks and world <= rollout_ranks:
+        raise ValueError(
+            f"async_rollouts needs more processes than rollout_ranks ({rollout_ranks}); WORLD_SIZE is {world}"
+        )
     if world > 1:
         chosen = torch.device("cuda", local) if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(chosen)
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if cuda else "gloo")
-        return Context(rank, world, local, chosen)
+        if not rollout_ranks:
+            return Context(rank, world, local, chosen)
+        trainers = world - rollout_ranks
+        workers = tuple(range(trainers, world))
+        # every rank makes every group, in the same order
+        train_group = dist.new_group(list(range(trainers)))
+        publish_group = dist.new_group([0, *workers])
+        channel_group = dist.new_group([0, *workers], backend="gloo")
+        role, size, own = (
+            ("train", trainers, rank) if rank < trainers else ("rollout", rollout_ranks, rank - trainers)
+        )
+        if role == "train":
+            _TRAIN_GROUP = train_group
+        _CONTEXT = Context(own, size, local, chosen, role, rank, workers, publish_group, channel_group)
+        return _CONTEXT
     if device == "auto":
         chosen = torch.device("cuda" if cuda else "cpu")
     else:
@@ -93,15 +143,15 @@ def shard(items: list, ctx: Context) -> list:
 
 def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     """``sum over ranks of x`` (in place, returned); the identity with one process."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    if dist.is_initialized() and dist.get_world_size(_TRAIN_GROUP) > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=_TRAIN_GROUP)
     return x
 
 
 def all_reduce_max(x: torch.Tensor) -> torch.Tensor:
     """``max over ranks of x`` (in place, returned); the identity with one process."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    if dist.is_initialized() and dist.get_world_size(_TRAIN_GROUP) > 1:
+        dist.all_reduce(x, op=dist.ReduceOp.MAX, group=_TRAIN_GROUP)
     return x
 
 
@@ -125,12 +175,17 @@ def wrap(model: torch.nn.Module, ctx: Context, strategy: str = "auto") -> torch.
     if strategy == "fsdp" and fully_shard is None:
         raise ValueError("parallel=fsdp needs torch.distributed.fsdp.fully_shard (PyTorch >= 2.6)")
     if strategy == "fsdp" or (strategy == "auto" and fully_shard is not None and ctx.device.type == "cuda"):
+        options = {}
+        if _TRAIN_GROUP is not None:  # the training ranks only
+            from torch.distributed.device_mesh import DeviceMesh
+
+            options["mesh"] = DeviceMesh.from_group(_TRAIN_GROUP, ctx.device.type)
         for layer in _decoder_layers(model):
-            fully_shard(layer)
-        fully_shard(model)
+            fully_shard(layer, **options)
+        fully_shard(model, **options)
         return model
     device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, process_group=_TRAIN_GROUP)
 
 
 def _fully_shard():
@@ -169,7 +224,16 @@ def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
 
 def barrier(ctx: Context) -> None:
     if ctx.distributed:
-        dist.barrier()
+        dist.barrier(group=_TRAIN_GROUP)
+
+
+def broadcast_object(obj, ctx: Context):
+    """Rank 0's ``obj`` on every training rank (pickled; the identity with one process)."""
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_TRAIN_GROUP)
+    return box[0]
 
 
 @contextlib.contextmanager
@@ -238,7 +302,7 @@ def same_count_batches(parts: list[torch.Tensor], ctx: Context) -> list[torch.Te
     if not ctx.distributed:
         return parts
     count = torch.tensor([len(parts)], device=ctx.device)
-    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX, group=_TRAIN_GROUP)
     wanted = int(count)
     if wanted == len(parts):
         return parts

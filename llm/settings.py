@@ -152,7 +152,13 @@ class TrainConfig:
         n: responses sampled per prompt.
         minibatches: optimiser steps per pass over a rollout batch (off-policy reuse).
         epochs: passes over each rollout batch.
-        staleness: train on rollouts sampled this many policy versions ago.
+        staleness: train on rollouts sampled this many policy versions ago (one process, taking turns).
+        async_rollouts: generate in separate processes while the trainer updates (:mod:`.pipeline`).
+        max_staleness: with ``async_rollouts``, the most policy versions a trained batch may lag.
+        rollout_ranks: with ``async_rollouts``, how many ranks generate (the others train).
+        async_weights: ``latest`` (a worker samples from the newest weights it has received; the lag
+            varies with timing) or ``fixed`` (batch ``s`` from version ``max(0, s - max_staleness)``
+            exactly: deterministic, for reproduction and tests).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: RL steps of linear learning-rate warm-up.
@@ -198,6 +204,10 @@ class TrainConfig:
     minibatches: int = 2
     epochs: int = 1
     staleness: int = 0
+    async_rollouts: bool = False
+    max_staleness: int = 1
+    rollout_ranks: int = 1
+    async_weights: str = "latest"
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -232,9 +242,18 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("staleness", "warmup_steps", "eval_every", "save_every"):
+        for name in ("staleness", "max_staleness", "warmup_steps", "eval_every", "save_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+        if self.rollout_ranks < 1:
+            raise ValueError(f"rollout_ranks must be at least 1, got {self.rollout_ranks}")
+        if self.async_weights not in ("latest", "fixed"):
+            raise ValueError(f"async_weights must be latest or fixed, got {self.async_weights!r}")
+        if self.async_rollouts and self.staleness:
+            raise ValueError(
+                "staleness replays rollouts in one process; with async_rollouts=true bound the lag "
+                "with max_staleness"
+            )
         if self.minibatches > self.prompts:
             raise ValueError(f"minibatches ({self.minibatches}) cannot exceed prompts ({self.prompts})")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -33,6 +33,7 @@ resumed run repeats exactly what the uninterrupted run would have done.
 from __future__ import annotations
 
 import math
+import os
 import signal
 import sys
 import threading
@@ -46,9 +47,10 @@ from pmdlab.rl.config import parse, to_dict
 from pmdlab.rl.rollout import Rollout
 from pmdlab.rl.update import policy_update
 
-from . import build, checkpoint, distributed, metrics_log
+from . import build, checkpoint, distributed, metrics_log, pipeline
 from .evaluate import evaluate
 from .policy import LMPolicy
+from .rollouts import generate_batch, shard_batch
 from .settings import TaskConfig, TrainConfig
 from .tasks import make_reward
 
@@ -121,7 +123,9 @@ class Trainer:
         self.config = config
         if config.threads:
             torch.set_num_threads(config.threads)
-        self.ctx = distributed.setup(config.device)
+        self.ctx = distributed.setup(config.device, config.rollout_ranks if config.async_rollouts else 0)
+        if self.ctx.role != "train":
+            raise ValueError("a rollout rank runs pipeline.run_worker, not the trainer")
         if config.prompts % self.ctx.world_size:
             raise ValueError(
                 f"prompts ({config.prompts}) must be a multiple of the number of ranks "
@@ -144,8 +148,9 @@ class Trainer:
             raise ValueError(f"{self.run_dir} already holds a run; pass --resume, or choose another out=")
         path = build.model_path(config, self.task, self.ctx, resume_from)
         model, tokenizer = build.load_model(path, config, self.ctx.device)
+        adapter = None if resume_from is None or not config.lora.rank else resume_from / "model"
+        self._model_source = (path, adapter)  # where asynchronous rollout workers load it from
         if config.lora.rank:
-            adapter = None if resume_from is None else resume_from / "model"
             model = build.apply_lora(model, config.lora, adapter, seed=build.seed_of(config.seed, 4))
         self.model = distributed.wrap(
             model, self.ctx, "ddp" if config.rollout_backend == "vllm" else config.parallel
@@ -169,11 +174,21 @@ class Trainer:
         self.step = 0
         self.nonfinite_streak = 0
         self.queue: deque[dict] = deque()
+        self.pipeline = pipeline.TrainerSide(self.ctx, config) if config.async_rollouts else None
         self.eval_problems = self.task.eval_problems()  # eval_size applied by the task
         self._writers = self._open_writers() if self.ctx.main else []
         if resume_from is not None:
             checkpoint.restore(self, resume_from)
         distributed.barrier(self.ctx)  # every rank has checked the run folder before rank 0 writes to it
+
+    def save(self) -> Path:
+        """An atomic, verified checkpoint of the run so far (:func:`checkpoint.save`); asynchronous
+        runs first take in the batches already received (see :mod:`.pipeline`)."""
+        if self.pipeline is not None and self.ctx.main:
+            for batch in self.pipeline.drain(self.step, len(self.queue)):
+                self.task.set_state(batch["task_state"])
+                self.queue.append(batch)
+        return checkpoint.save(self)
 
     # -- rollouts ------------------------------------------------------------
 
@@ -181,46 +196,46 @@ class Trainer:
         """One scored rollout batch from the current policy, with its ``pi_old`` log-probs."""
         cfg = self.config
         problems = distributed.shard(self.task.train_batch(cfg.prompts), self.ctx)  # every rank draws all
-        torch.manual_seed(build.seed_of(cfg.seed, version, 1, self.ctx.rank))
-        start = time.perf_counter()
-        self.policy.model.eval()
+        seed = build.seed_of(cfg.seed, version, 1, self.ctx.rank)
         with distributed.gathered(self.model):
-            rollout = self.policy.sample([p.prompt for p in problems], cfg.n)
-            if cfg.algorithm.old_source == "sampler":  # exact already: no second forward pass
-                old, entropy = rollout.sampler_logprobs, None
-            else:
-                old, entropy = self.policy.log_probs_and_entropy(rollout)
-        texts = self.policy.decode(rollout)
-        hits = [self.task.is_correct(t, problems[i // cfg.n]) for i, t in enumerate(texts)]
-        rewards = [self.reward(hit) for hit in hits]
-        rollout.rewards = torch.tensor(rewards, dtype=torch.float32, device=rollout.tokens.device)
-        self.policy.model.train()
-        elapsed = time.perf_counter() - start
-        tokens = float(rollout.mask.sum())
-        correct = torch.tensor(hits)
-        stats = {
-            "train/reward": float(rollout.rewards.mean()),
-            "train/accuracy": float(correct.float().mean()),
-            "train/response_length": tokens / len(rollout),
-            "train/entropy": float("nan") if entropy is None else float(entropy.sum() / rollout.mask.sum()),
-            "train/solved_groups": float(correct.view(-1, cfg.n).all(1).float().mean()),
-            "train/unsolved_groups": float((~correct.view(-1, cfg.n)).all(1).float().mean()),
-            "perf/rollout_s": elapsed,
-            "perf/rollout_tokens_per_s": tokens / elapsed,
-            "train/sampler_version": float(version),
-        }
-        stats = distributed.mean_over_ranks(stats, self.ctx)
-        return {"rollout": rollout, "old": old, "stats": stats}
+            batch = generate_batch(
+                self.policy, self.task, self.reward, problems, cfg.n, cfg.algorithm.old_source, seed, version
+            )
+        batch["stats"] = distributed.mean_over_ranks(batch["stats"], self.ctx)
+        return batch
 
     def _next_batch(self) -> dict:
-        """The batch to train on at this step: sampled ``min(step, staleness)`` versions ago."""
+        """The batch to train on at this step: sampled ``min(step, staleness)`` versions ago, or
+        (asynchronous) the next one the rollout workers sent."""
         cfg = self.config
+        if self.pipeline is not None:
+            return self._received_batch()
         if self.step == 0 and not self.queue:
             for _ in range(min(cfg.staleness + 1, cfg.steps)):
                 self.queue.append(self._generate(0))
         elif self.step + cfg.staleness < cfg.steps:
             self.queue.append(self._generate(self.step))
         return self.queue.popleft()
+
+    def _received_batch(self) -> dict:
+        """Rank 0 takes the step's batch from the workers (or the checkpoint's queue) and shares it
+        with the other training ranks; each keeps its groups."""
+        batch, start = None, time.perf_counter()
+        if self.ctx.main:
+            if self.queue:
+                batch = self.queue.popleft()
+            else:
+                batch = self.pipeline.take(self.step)
+                self.task.set_state(batch["task_state"])  # the data position a checkpoint records
+            batch["stats"] = {
+                **batch["stats"],
+                **self.pipeline.count_lag(self.step - batch["version"]),
+                "perf/batch_wait_s": time.perf_counter() - start,
+            }
+        batch = shard_batch(distributed.broadcast_object(batch, self.ctx), self.ctx.rank, self.ctx.world_size)
+        batch["rollout"] = Rollout.from_dict(batch["rollout"].to_dict(), self.ctx.device)
+        batch["old"] = batch["old"].to(self.ctx.device)
+        return batch
 
     # -- one step ------------------------------------------------------------
 
@@ -340,10 +355,6 @@ class Trainer:
             writers.append(lambda r, s: wandb.log(r, step=s))
         return writers
 
-    def save(self) -> Path:
-        """An atomic, verified checkpoint of the run so far (:func:`checkpoint.save`)."""
-        return checkpoint.save(self)
-
     # -- the run -------------------------------------------------------------
 
     def run(self) -> list[dict]:
@@ -361,6 +372,11 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.step, desc=self.run_name, dynamic_ncols=True)
         with _StopRequest() as stop:
             try:
+                if self.pipeline is not None:
+                    path, adapter = self._model_source
+                    self.pipeline.start(
+                        self.step, len(self.queue), self.task.state(), path, adapter, self.model
+                    )
                 if self.step == 0 and cfg.eval_every:
                     record = self.evaluate()
                     self._log(record)
@@ -368,6 +384,8 @@ class Trainer:
                 while self.step < cfg.steps:
                     record = self.train_step()
                     last = self.step == cfg.steps
+                    if self.pipeline is not None and not last and not stop.agreed(self.ctx):
+                        self.pipeline.publish(self.model)  # version ``step``, for the workers
                     if cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
                         record.update(self.evaluate())
                     self._log(record)
@@ -398,12 +416,27 @@ def _postfix(record: dict) -> dict:
     return {short: f"{record[k]:.3f}" for k, short in keys.items() if k in record}
 
 
+def _rollout_worker(config: TrainConfig, ctx: distributed.Context) -> int:
+    try:
+        pipeline.run_worker(config, ctx)
+    except pipeline.WorkerDied as e:
+        print(f"rollout worker rank {ctx.global_rank}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--resume" in argv:
         argv = [a for a in argv if a != "--resume"] + ["resume=true"]
     try:
         config = parse(TrainConfig, argv, prog="python -m pmdlab.llm.train")
+        if config.async_rollouts and "WORLD_SIZE" not in os.environ:  # one machine: start the processes
+            return pipeline.launch(argv, config)
+        if config.async_rollouts:
+            ctx = distributed.setup(config.device, config.rollout_ranks)
+            if ctx.role == "rollout":
+                return _rollout_worker(config, ctx)
         trainer = Trainer(config)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -411,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         records = trainer.run()
-    except NonFiniteError as e:
+    except (NonFiniteError, pipeline.WorkerDied) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except Stopped as e:

@@ -102,7 +102,9 @@ def policy_update(
     ``micro_batches(minibatch)`` splits a minibatch into index sets for
     gradient accumulation (default: none). ``max_grad_norm`` clips the
     gradient of ``parameters`` (needed then). Metrics are means over the
-    minibatches of the loss's diagnostics, plus ``loss``, ``grad_norm`` (when
+    minibatches of the loss's diagnostics, plus ``behaviour_abs_diff`` and ``behaviour_kl_k3`` (the
+    trained policy before this batch's first step against ``pi_old``, on the first minibatch:
+    what the lag of an asynchronous batch costs), ``loss``, ``grad_norm`` (when
     clipping), ``skipped_steps``, ``optimizer_steps`` and
     ``trailing_skipped_steps`` (the skipped steps since the last one taken).
     Data parallel (see the module docstring): ``all_reduce`` sums a tensor
@@ -131,7 +133,8 @@ def policy_update(
     history: dict[str, list[torch.Tensor]] = {}
     skipped = steps = trailing = 0
     schedule = [index for _ in range(epochs) for index in minibatches(groups, num_minibatches, generator, by)]
-    for index in schedule:
+    drift: dict[str, torch.Tensor] = {}  # pi_theta before any step of this batch against pi_old
+    for position, index in enumerate(schedule):
         sub = rollout.select(index)
         w = None if weights is None else weights[index]
         normalizer = algorithm.normalizer(sub.mask, w)
@@ -143,8 +146,17 @@ def policy_update(
         for number, part in enumerate(parts):
             micro = sub if micro_batches is None else sub.select(part)
             groups_mb = Groups.from_ids(micro.group_ids) if group_diagnostics else None
+            current = log_probs(micro)
+            if position == 0:
+                mask = micro.mask.to(old_logprobs.dtype)
+                share = len(micro) / len(sub)
+                for k, v in losses.sampler_mismatch(
+                    current.detach(), old_logprobs[index][part], mask
+                ).items():
+                    key = k.replace("sampler_", "behaviour_")
+                    drift[key] = drift.get(key, 0.0) + v.detach() * share
             out = algorithm.loss(
-                log_probs(micro),
+                current,
                 old_logprobs[index][part],
                 micro.mask,
                 advantages[index][part],
@@ -180,6 +192,7 @@ def policy_update(
             trailing += 1
         history.setdefault("loss", []).append(total)
     out = {k: float(torch.stack(v).sum()) / len(schedule) for k, v in history.items()}
+    out.update({k: float(v) for k, v in drift.items()})
     out["skipped_steps"] = float(skipped)
     out["optimizer_steps"] = float(steps)
     out["trailing_skipped_steps"] = float(trailing)

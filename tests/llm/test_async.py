@@ -1,0 +1,250 @@
+"""Asynchronous rollouts: a rollout process generates while the trainer updates (:mod:`pmdlab.llm.pipeline`).
+
+Each run here is the real command line, ``python -m pmdlab.llm.train async_rollouts=true ...``: a
+supervisor, one training and one generating process on gloo.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from hypothesis import given
+from hypothesis import strategies as st
+from safetensors.torch import load_file
+
+from pmdlab.llm import pipeline
+from pmdlab.llm.rollouts import shard_batch
+from pmdlab.llm.train import TrainConfig, Trainer
+from pmdlab.rl.config import to_dict
+from pmdlab.rl.rollout import Rollout
+
+from .lm_helpers import records_so_far, small_config, weights
+
+ROOT = Path(__file__).resolve().parents[2]
+
+needs_gloo = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(),
+    reason="torch.distributed with gloo is not available in this build",
+)
+
+
+def _config_file(tmp_path, **settings) -> Path:
+    path = tmp_path / "config.json"
+    data = {k: v for k, v in to_dict(small_config(tmp_path, **settings)).items() if k != "out"}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def start(tmp_path, out, *extra, **settings) -> subprocess.Popen:
+    """``python -m pmdlab.llm.train --config ... async_rollouts=true out=<out> extra...``, one thread each."""
+    settings.setdefault("threads", 1)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "pmdlab.llm.train", "--config", str(_config_file(tmp_path, **settings))]
+    cmd += ["async_rollouts=true", f"out={out}", *extra]
+    return subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc, timeout=300) -> str:
+    err = proc.communicate(timeout=timeout)[1]
+    assert proc.returncode == 0, err[-4000:]
+    return err
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    last = sorted(run.glob("step-*"))[-1]
+    return load_file(last / "model" / "model.safetensors")
+
+
+def timeless(path: Path, drop=("perf/", "async/", "run")) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(drop)} for r in records_so_far(path)]
+
+
+def wait_for_step(run: Path, step: int, proc, timeout=300) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(r["step"] >= step for r in records_so_far(run / "metrics.jsonl")):
+        assert proc.poll() is None, proc.stderr.read()[-4000:]
+        assert time.monotonic() < deadline, "the run did not reach the step"
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (exited, not yet reaped) is not running
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split(") ")[1].startswith("Z"))
+
+
+# --------------------------------------------------------------------- pure parts
+
+
+@given(
+    shapes=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 3)), min_size=1, max_size=5),
+    dtypes=st.lists(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), min_size=5, max_size=5),
+)
+def test_flatten_and_unflatten_are_inverse_over_mixed_dtypes(shapes, dtypes):
+    tensors = [torch.randn(*s).to(d) for s, d in zip(shapes, dtypes)]
+    flats = pipeline.flatten(tensors)
+    assert len(flats) == len({t.dtype for t in tensors})
+    like = pipeline.buffers_like(tensors, "cpu")
+    assert [(b.dtype, b.numel()) for b in like] == [(f.dtype, f.numel()) for f in flats]
+    targets = [torch.zeros_like(t) for t in tensors]
+    pipeline.unflatten_into(targets, flats)
+    assert all(torch.equal(a, b) for a, b in zip(tensors, targets))
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_a_sharded_batch_gives_each_rank_the_groups_the_synchronous_shard_gives(world):
+    n, prompts = 3, 8
+    group_ids = torch.arange(prompts).repeat_interleave(n)
+    tokens = torch.arange(prompts * n * 2).view(-1, 2)
+    rollout = Rollout(group_ids=group_ids, tokens=tokens, mask=torch.ones_like(tokens))
+    batch = {"rollout": rollout, "old": tokens.double(), "version": 3}
+    seen = []
+    for rank in range(world):
+        part = shard_batch(batch, rank, world)
+        mine = list(range(prompts))[rank::world]  # distributed.shard's prompts, in order
+        assert part["rollout"].group_ids.tolist() == [g for g in range(len(mine)) for _ in range(n)]
+        assert part["rollout"].tokens[:, 0].div(2 * n, rounding_mode="floor").tolist() == [
+            g for g in mine for _ in range(n)
+        ]
+        assert torch.equal(part["old"], part["rollout"].tokens.double())
+        seen += part["rollout"].tokens[:, 0].tolist()
+    assert sorted(seen) == tokens[:, 0].tolist()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(async_rollouts=True, staleness=1), "max_staleness"),
+        (dict(rollout_ranks=0), "rollout_ranks"),
+        (dict(async_weights="newest"), "async_weights"),
+        (dict(max_staleness=-1), "max_staleness"),
+    ],
+)
+def test_bad_asynchronous_settings_are_named(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        small_config(tmp_path, **overrides)
+
+
+def test_a_lag_beyond_max_staleness_is_refused():
+    side = pipeline.TrainerSide(None, TrainConfig(max_staleness=2))
+    assert side.count_lag(2)["async/lag_hist_2"] == 1.0
+    with pytest.raises(RuntimeError, match="lags 3 versions; max_staleness is 2"):
+        side.count_lag(3)
+
+
+# --------------------------------------------------------------------- runs
+
+
+@needs_gloo
+def test_max_staleness_zero_with_fixed_weights_is_the_synchronous_run(tmp_path):
+    """Lag 0: the asynchronous pipeline is the synchronous trainer, weight for weight, metric for metric."""
+    settings = dict(steps=4, eval_every=2, save_every=2, threads=1)
+    proc = start(tmp_path, tmp_path / "async", "max_staleness=0", "async_weights=fixed", **settings)
+    sync = Trainer(small_config(tmp_path, out=str(tmp_path / "sync"), **settings))
+    sync.run()
+    finish(proc)
+    mine, theirs = final_weights(tmp_path / "async"), weights(sync)
+    assert mine.keys() <= theirs.keys() and len(mine) > 1  # the file leaves out tied weights
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    a, s = timeless(tmp_path / "async" / "metrics.jsonl"), timeless(tmp_path / "sync" / "metrics.jsonl")
+    assert [r["step"] for r in a] == [0, 1, 2, 3, 4] and a == s
+    lags = [r["async/lag"] for r in records_so_far(tmp_path / "async" / "metrics.jsonl") if "async/lag" in r]
+    assert lags == [0.0] * 4
+
+
+@needs_gloo
+@pytest.mark.parametrize("weights_mode", ["latest", "fixed"])
+def test_every_trained_batch_lags_at_most_max_staleness(tmp_path, weights_mode):
+    k, steps = 2, 10
+    out = tmp_path / "run"
+    proc = start(
+        tmp_path, out, f"max_staleness={k}", f"async_weights={weights_mode}", steps=steps, eval_every=0
+    )
+    finish(proc)
+    records = records_so_far(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
+    lags = [r["async/lag"] for r in records]
+    assert all(0 <= lag <= k for lag in lags)
+    # the batch of step s (logged at s + 1) was sampled by version s - lag
+    assert all(r["train/sampler_version"] == r["step"] - 1 - r["async/lag"] for r in records)
+    hist = [records[-1][f"async/lag_hist_{j}"] for j in range(k + 1)]
+    assert hist == [lags.count(float(j)) for j in range(k + 1)] and sum(hist) == steps
+    if weights_mode == "fixed":
+        assert lags == [float(min(s, k)) for s in range(steps)]
+    # the lag shows in the trained policy's distance from pi_old before the batch's first step
+    fresh = [r["loss/behaviour_kl_k3"] for r in records if r["async/lag"] == 0]
+    stale = [r["loss/behaviour_kl_k3"] for r in records if r["async/lag"] > 0]
+    assert max(fresh) < 1e-6 < max(stale)  # (a lagging batch costs nothing where the weights did not move)
+
+
+@needs_gloo
+def test_sigterm_then_resume_reaches_the_uninterrupted_weights(tmp_path):
+    """Asynchronous, fixed weights, lag 2: SIGTERM mid-run checkpoints (with the batches in flight)
+    and exits 143; --resume ends with the weights and log of the uninterrupted run."""
+    settings = dict(steps=24, eval_every=8, save_every=0, threads=1)
+    extra = ("max_staleness=2", "async_weights=fixed")
+    straight = start(tmp_path, tmp_path / "straight", *extra, **settings)
+    finish(straight)
+    run = tmp_path / "stopped"
+    proc = start(tmp_path, run, *extra, **settings)
+    wait_for_step(run, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    status, err = proc.wait(timeout=120), proc.stderr.read()
+    assert status == 143, err[-4000:]
+    stopped_at = max(r["step"] for r in records_so_far(run / "metrics.jsonl"))
+    assert 3 <= stopped_at < 24 and f"stopped after step {stopped_at}" in err
+    assert [p.name for p in run.glob("step-*")] == [f"step-{stopped_at:06d}"]
+    finish(start(tmp_path, run, *extra, "resume=true", **settings))
+    mine, theirs = final_weights(run), final_weights(tmp_path / "straight")
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    drop = ("perf/", "run")
+    assert timeless(run / "metrics.jsonl", drop) == timeless(tmp_path / "straight" / "metrics.jsonl", drop)
+
+
+@needs_gloo
+def test_a_killed_worker_stops_the_run_naming_it_and_resume_continues(tmp_path):
+    settings = dict(steps=40, eval_every=0, save_every=2, threads=1)
+    run = tmp_path / "run"
+    proc = start(tmp_path, run, "max_staleness=1", **settings)
+    wait_for_step(run, 3, proc)
+    pids = json.loads((run / "processes.json").read_text())
+    os.kill(pids["rollout"][0], signal.SIGKILL)
+    killed = time.monotonic()
+    status = proc.wait(timeout=60)
+    assert time.monotonic() - killed < 30
+    err = proc.stderr.read()
+    assert status == 1 and "rollout worker rank 1" in err and "--resume" in err, err[-4000:]
+    assert not alive(pids["trainer"])  # no orphan
+    done = max(r["step"] for r in records_so_far(run / "metrics.jsonl"))
+    assert done < 40
+    finish(start(tmp_path, run, "max_staleness=1", "resume=true", **settings))
+    steps = [r["step"] for r in records_so_far(run / "metrics.jsonl")]
+    assert steps == list(range(1, 41))  # the records after the last checkpoint were redone once
+
+
+@needs_gloo
+def test_the_trainers_death_stops_the_worker(tmp_path):
+    run = tmp_path / "run"
+    proc = start(tmp_path, run, "max_staleness=1", steps=200, eval_every=0, save_every=0)
+    wait_for_step(run, 2, proc)
+    pids = json.loads((run / "processes.json").read_text())
+    os.kill(pids["trainer"], signal.SIGKILL)
+    killed = time.monotonic()
+    status = proc.wait(timeout=60)
+    err = proc.stderr.read()
+    assert status == 128 + signal.SIGKILL and "the trainer (rank 0) died" in err, err[-4000:]
+    deadline = killed + 30
+    while alive(pids["rollout"][0]):
+        assert time.monotonic() < deadline, "the worker outlived the trainer"
+        time.sleep(0.1)
