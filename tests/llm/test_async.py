@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from pmdlab.llm import pipeline
 from pmdlab.llm.rollouts import shard_batch
 from pmdlab.llm.train import TrainConfig, Trainer
+from pmdlab.rl.algorithms import Algorithm
 from pmdlab.rl.config import to_dict
 from pmdlab.rl.rollout import Rollout
 
@@ -248,3 +249,34 @@ def test_the_trainers_death_stops_the_worker(tmp_path):
     while alive(pids["rollout"][0]):
         assert time.monotonic() < deadline, "the worker outlived the trainer"
         time.sleep(0.1)
+
+
+@needs_gloo
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_under_torchrun_two_training_ranks_and_a_worker_take_the_one_process_steps(tmp_path, strategy):
+    """``torchrun --nproc_per_node 3``: ranks 0-1 train (DDP or FSDP2 over their own group), rank 2
+    generates. With lag 0 and one minibatch per batch the weights are those of one synchronous process.
+
+    GRPO: a group whose rewards are all equal has a gradient of exactly 0, where PMD-mean's squared
+    loss turns the ranks' 1e-7 differences in log-probs into a gradient that Adam scales up to a
+    step of ``lr``."""
+    settings = dict(
+        steps=3, eval_every=0, save_every=3, prompts=4, minibatches=1, threads=1, algorithm=Algorithm("grpo")
+    )
+    config = _config_file(tmp_path, **settings)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "3"]
+    cmd += ["-m", "pmdlab.llm.train", "--config", str(config), "async_rollouts=true", "max_staleness=0"]
+    cmd += ["async_weights=fixed", f"parallel={strategy}", f"out={tmp_path / 'torchrun'}"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    sync = Trainer(small_config(tmp_path, out=str(tmp_path / "sync"), **settings))
+    before = weights(sync)
+    sync.run()
+    mine, theirs = final_weights(tmp_path / "torchrun"), weights(sync)
+    assert mine.keys() <= theirs.keys() and len(mine) > 1
+
+    def distance(a, b):
+        return max(float((a[k] - b[k]).abs().max()) for k in mine)
+
+    assert distance(mine, theirs) < 1e-5 < 1e-4 < distance(theirs, before)
