@@ -57,6 +57,7 @@ import torch.distributed as dist
 from pmdlab.rl.rollout import Rollout
 
 from . import build, distributed
+from .partial import PartialRollouts, next_partial_batch
 from .policy import LMPolicy
 from .rollouts import generate_batch
 from .tasks import make_reward
@@ -247,12 +248,17 @@ def run_worker(config, ctx: distributed.Context) -> None:
     receiver = WeightReceiver(params, plan["versions"], ctx, keep=k + 2 if fixed else 1)
     if plan["task_state"] is not None:
         task.set_state(plan["task_state"])
+    partial = None
+    if config.partial_tokens:
+        partial = PartialRollouts(
+            policy, task, reward, config.n, config.partial_tokens, config.algorithm.old_source
+        )
     version = None
     for b in range(plan["start"], config.steps):
-        problems = task.train_batch(config.prompts)  # every worker draws every batch: one data order
-        state = task.state()
-        if b % ctx.world_size != ctx.rank:
-            continue
+        if partial is None:
+            problems = task.train_batch(config.prompts)  # every worker draws every batch: one data order
+            if b % ctx.world_size != ctx.rank:
+                continue
         waited = time.perf_counter()
         v, flats = receiver.get(max(plan["versions"][0], b - k), exact=fixed)
         waited = time.perf_counter() - waited
@@ -262,13 +268,20 @@ def run_worker(config, ctx: distributed.Context) -> None:
                 backend.update_weights(model)
             version = v
         seed = build.seed_of(config.seed, b, 1, 0)
-        batch = generate_batch(
-            policy, task, reward, problems, config.n, config.algorithm.old_source, seed, version
-        )
+        if partial is None:
+            batch = generate_batch(
+                policy, task, reward, problems, config.n, config.algorithm.old_source, seed, version
+            )
+        else:
+
+            def draw():
+                return task.train_batch(config.prompts)
+
+            batch = next_partial_batch(partial, draw, config.prompts, version, b - k, seed)
         batch["rollout"] = Rollout.from_dict(batch["rollout"].to_dict(), "cpu")
         batch["old"] = batch["old"].cpu()
         batch["stats"]["perf/weight_wait_s"] = waited
-        batch.update(step=b, task_state=state)
+        batch.update(step=b, task_state=task.state())
         try:
             dist.send_object_list([batch], dst=0, group=ctx.channel_group)
         except RuntimeError as e:

@@ -159,6 +159,9 @@ class TrainConfig:
         async_weights: ``latest`` (a worker samples from the newest weights it has received; the lag
             varies with timing) or ``fixed`` (batch ``s`` from version ``max(0, s - max_staleness)``
             exactly: deterministic, for reproduction and tests).
+        partial_tokens: with ``async_rollouts``, partial rollouts (Kimi K1.5): generate at most this
+            many tokens of each response per iteration and carry unfinished ones over to newer
+            weights (0: off; :mod:`.partial`).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: RL steps of linear learning-rate warm-up.
@@ -208,6 +211,7 @@ class TrainConfig:
     max_staleness: int = 1
     rollout_ranks: int = 1
     async_weights: str = "latest"
+    partial_tokens: int = 0
     lr: float = 3e-4
     weight_decay: float = 0.0
     warmup_steps: int = 0
@@ -249,6 +253,12 @@ class TrainConfig:
             raise ValueError(f"rollout_ranks must be at least 1, got {self.rollout_ranks}")
         if self.async_weights not in ("latest", "fixed"):
             raise ValueError(f"async_weights must be latest or fixed, got {self.async_weights!r}")
+        if self.partial_tokens < 0:
+            raise ValueError(f"partial_tokens must be non-negative, got {self.partial_tokens}")
+        if self.partial_tokens and not self.async_rollouts:
+            raise ValueError("partial_tokens needs async_rollouts=true")
+        if self.partial_tokens and self.rollout_ranks > 1:
+            raise ValueError("partial_tokens works with one rollout rank (rollout_ranks=1)")
         if self.async_rollouts and self.staleness:
             raise ValueError(
                 "staleness replays rollouts in one process; with async_rollouts=true bound the lag "

@@ -230,6 +230,7 @@ class Trainer:
             batch["stats"] = {
                 **batch["stats"],
                 **self.pipeline.count_lag(self.step - batch["version"]),
+                **_token_lag(batch["rollout"], self.step),
                 "perf/batch_wait_s": time.perf_counter() - start,
             }
         batch = shard_batch(distributed.broadcast_object(batch, self.ctx), self.ctx.rank, self.ctx.world_size)
@@ -409,6 +410,15 @@ class Trainer:
                 if bar is not None:
                     bar.close()
         return records
+
+
+def _token_lag(rollout: Rollout, step: int) -> dict[str, float]:
+    """Mean and largest lag of a partial-rollout batch's tokens (each made by its own version)."""
+    versions = rollout.extras.get("versions")
+    if versions is None:
+        return {}
+    lags = (step - versions)[rollout.mask > 0].float()
+    return {"async/token_lag_mean": float(lags.mean()), "async/token_lag_max": float(lags.max())}
 
 
 def _postfix(record: dict) -> dict:

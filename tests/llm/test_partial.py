@@ -1,0 +1,89 @@
+"""Partial rollouts (:mod:`pmdlab.llm.partial`): each token keeps the log-prob of the version that made it."""
+
+import pytest
+import torch
+
+from pmdlab.llm.partial import Group, PartialRollouts, Response
+from pmdlab.llm.policy import SamplingConfig
+from pmdlab.llm.train import Trainer
+from pmdlab.rl.rollout import Rollout
+
+from .lm_helpers import small_config
+
+
+def _forward_log_probs(policy, responses: list[Response]) -> list[list[float]]:
+    """Each response's token log-probs under the policy's current weights, computed independently:
+    one forward pass over prompt and whole response (left-padded prompts, right-padded responses)."""
+    pad = policy.tokenizer.pad_token_id
+    plen = max(len(r.prompt_ids) for r in responses)
+    width = max(len(r.tokens) for r in responses)
+    rollout = Rollout(
+        group_ids=torch.arange(len(responses)),
+        tokens=torch.tensor([r.tokens + [pad] * (width - len(r.tokens)) for r in responses]),
+        mask=torch.tensor([[1.0] * len(r.tokens) + [0.0] * (width - len(r.tokens)) for r in responses]),
+        prompts=torch.tensor([[pad] * (plen - len(r.prompt_ids)) + r.prompt_ids for r in responses]),
+        extras={
+            "prompt_mask": torch.tensor(
+                [[0] * (plen - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in responses]
+            )
+        },
+    )
+    with torch.no_grad():
+        lp = policy.log_probs(rollout)
+    return [lp[i, : len(r.tokens)].tolist() for i, r in enumerate(responses)]
+
+
+@pytest.mark.parametrize("old_source", ["trainer", "sampler"])
+def test_each_token_keeps_the_log_prob_of_the_version_that_made_it(tmp_path, old_source):
+    trainer = Trainer(small_config(tmp_path, sampling=SamplingConfig(max_new_tokens=3, temperature=1.5)))
+    policy = trainer.policy
+    state = PartialRollouts(policy, trainer.task, trainer.reward, n=4, budget=1, old_source=old_source)
+    state.start(trainer.task.train_batch(4))
+    snapshots = []
+    for version in range(3):  # one token per iteration, new weights each time
+        snapshots.append({k: v.clone() for k, v in policy.model.state_dict().items()})
+        torch.manual_seed(version)
+        assert state.extend(version) > 0
+        with torch.no_grad():
+            for p in policy.model.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    responses = [r for g in state.groups for r in g.responses]
+    assert all(r.done for r in responses)
+    assert any(len(set(r.versions)) == 3 for r in responses)  # made by three different policies
+    checked = 0
+    for version, weights in enumerate(snapshots):
+        policy.model.load_state_dict(weights)
+        reference = _forward_log_probs(policy, responses)
+        for r, ref in zip(responses, reference):
+            for t, v in enumerate(r.versions):
+                if v == version:
+                    tol = 1e-5 if old_source == "trainer" else 1e-4  # the sampler's own arithmetic
+                    assert r.old[t] == pytest.approx(ref[t], abs=tol)
+                    checked += 1
+    assert checked == sum(len(r.tokens) for r in responses)
+    # the version that made a token matters: under the last weights the early tokens differ
+    last = _forward_log_probs(policy, responses)
+    gaps = [
+        abs(r.old[t] - last[i][t])
+        for i, r in enumerate(responses)
+        for t, v in enumerate(r.versions)
+        if v == 0
+    ]
+    assert max(gaps) > 1e-2
+
+
+def _group(versions: list[int], done: bool = True) -> Group:
+    return Group(problem=None, responses=[Response([1], [5] * len(versions), versions=versions, done=done)])
+
+
+def test_take_hands_out_the_oldest_finished_groups_and_drops_stale_ones():
+    state = PartialRollouts.__new__(PartialRollouts)
+    state.groups = [_group([4, 5]), _group([1, 5]), _group([4], done=False), _group([5]), _group([6])]
+    state.dropped = 0
+    assert state.take(4, floor=4) == []  # 3 finished groups are fresh enough, not 4
+    assert state.dropped == 1  # the one with a token of version 1
+    taken = state.take(2, floor=4)
+    assert [g.responses[0].versions for g in taken] == [[4, 5], [5]]  # the oldest first
+    assert [g.responses[0].versions for g in state.groups] == [[4], [6]]
+    assert [g.responses[0].versions for g in state.take(1, floor=5)] == [[6]]
+    assert state.dropped == 2 and state.groups == []  # the unfinished group became too old
