@@ -248,11 +248,11 @@ def run_worker(config, ctx: distributed.Context) -> None:
     receiver = WeightReceiver(params, plan["versions"], ctx, keep=k + 2 if fixed else 1)
     if plan["task_state"] is not None:
         task.set_state(plan["task_state"])
+    # with old_source=current the trainer computes pi_old itself: the sampler's log-probs suffice here
+    old_source = "sampler" if config.algorithm.old_source == "current" else config.algorithm.old_source
     partial = None
     if config.partial_tokens:
-        partial = PartialRollouts(
-            policy, task, reward, config.n, config.partial_tokens, config.algorithm.old_source
-        )
+        partial = PartialRollouts(policy, task, reward, config.n, config.partial_tokens, old_source)
     version = None
     for b in range(plan["start"], config.steps):
         if partial is None:
@@ -269,9 +269,7 @@ def run_worker(config, ctx: distributed.Context) -> None:
             version = v
         seed = build.seed_of(config.seed, b, 1, 0)
         if partial is None:
-            batch = generate_batch(
-                policy, task, reward, problems, config.n, config.algorithm.old_source, seed, version
-            )
+            batch = generate_batch(policy, task, reward, problems, config.n, old_source, seed, version)
         else:
 
             def draw():

@@ -248,6 +248,10 @@ class Trainer:
             self.backend.sleep()  # a colocated engine frees its GPU memory for the update
         start = time.perf_counter()
         generator = torch.Generator().manual_seed(build.seed_of(cfg.seed, self.step, 2))
+        old = batch["old"]
+        if self.pipeline is not None and cfg.algorithm.old_source == "current":
+            with distributed.gathered(self.model):  # the anchor: this policy, not the one that sampled
+                old, _ = self.policy.log_probs_and_entropy(rollout)
         metrics = policy_update(
             self.policy.log_probs,
             self.optimizer,
@@ -256,7 +260,7 @@ class Trainer:
             num_minibatches=cfg.minibatches,
             epochs=cfg.epochs,
             generator=generator,
-            old_logprobs=batch["old"],
+            old_logprobs=old,
             micro_batches=self._micro_batches,
             parameters=list(self.policy.parameters()),
             max_grad_norm=cfg.max_grad_norm,

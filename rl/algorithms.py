@@ -74,8 +74,11 @@ class Algorithm:
         max_length: the constant of ``seq_mean_token_sum_norm``.
         tau_scaled: multiply the PMD losses by ``tau`` (the authors' code).
         clip_low, clip_high: ratio clip range (``grpo``, ``gspo``; none: the table's default).
-        old_source: ``pi_old``'s log-probs: ``trainer`` (recomputed by the trained model) or
-            ``sampler`` (the inference engine's own).
+        old_source: ``pi_old``'s log-probs: ``trainer`` (recomputed by the trained model; with
+            asynchronous rollouts, by the rollout worker with the weights that sampled the batch: the
+            behaviour policy), ``sampler`` (the inference engine's own), or ``current`` (recomputed by
+            the trained model at the start of the update: with lagging rollouts the loss is anchored
+            at the current policy, not the behaviour policy; otherwise the same as ``trainer``).
     """
 
     name: str = "pmd_mean"
@@ -100,8 +103,8 @@ class Algorithm:
             raise ValueError(f"aggregation must be one of {losses.AGGREGATIONS}, got {self.aggregation!r}")
         if entry.loss is losses.pmd and not (self.tau > 0):
             raise ValueError(f"tau must be positive, got {self.tau}")
-        if self.old_source not in ("trainer", "sampler"):
-            raise ValueError(f"old_source must be 'trainer' or 'sampler', got {self.old_source!r}")
+        if self.old_source not in ("trainer", "sampler", "current"):
+            raise ValueError(f"old_source must be 'trainer', 'sampler' or 'current', got {self.old_source!r}")
 
     @property
     def entry(self) -> Entry:

@@ -196,3 +196,52 @@ def test_the_real_model_figure_reads_the_committed_logs():
     assert runs == {"pmd_mean", "grpo", "pmd_part"}
     assert all(list(d["algorithms"]).count(a) >= 3 for a in runs)
     assert all("smollm2" in r["model"] for r in metrics_log.read(logs))
+
+
+def _mode_logs(tmp_path, mode: str, finals: list[float], lags: list[int] | None) -> list[str]:
+    """``<mode>/pmd_mean-seed<s>/metrics.jsonl``: avg@k from 0.1 to ``finals[s]``; with ``lags``, one
+    asynchronous step per lag and the lag histogram of a bound of 2."""
+    paths = []
+    for seed, final in enumerate(finals):
+        path = tmp_path / mode / f"pmd_mean-seed{seed}" / "metrics.jsonl"
+        path.parent.mkdir(parents=True)
+        for step in (0, 1, 2):
+            record = {"run": f"pmd_mean-seed{seed}", "algorithm": "pmd_mean", "step": step}
+            record["eval/avg@k"] = 0.1 + (final - 0.1) * step / 2
+            if step:
+                record["train/reward"] = record["eval/avg@k"]
+            if lags and step:
+                record["async/lag"] = float(lags[step - 1])
+                counts = [lags[:step].count(j) for j in range(max(lags) + 1)]
+                record.update({f"async/lag_hist_{j}": float(c) for j, c in enumerate(counts)})
+            metrics_log.append(path, record)
+        paths.append(str(path))
+    return paths
+
+
+@pytest.mark.parametrize("lags, within", [([1, 2], True), ([2, 3], False)])
+def test_the_async_figure_compares_modes_and_checks_the_lag_bound(tmp_path, lags, within):
+    fig = FIGURES_IN_ORDER["llm_async"]
+    logs = _mode_logs(tmp_path, "sync", [0.5, 0.6, 0.7], None)
+    logs += _mode_logs(tmp_path, "async-k2", [0.3, 0.35, 0.4], lags)
+    params = {"logs": logs, "max_staleness": 2}
+    d = fig.compute(params, 0)
+    caption = fig.caption(d, params)
+    assert "PMD-mean async-k2 − synchronous: -0.250" in caption and "(the interval excludes 0)" in caption
+    claims = fig.claims(d, params)
+    assert [c.passed for c in claims if "raises held-out avg@k" in c.statement] == [True, True]
+    bound = [c.passed for c in claims if "lags at most max_staleness=2" in c.statement]
+    assert bound == [within] * 3
+
+
+def test_the_async_figure_reads_the_committed_logs():
+    from figures.llm_async import ASYNC_RUNS, committed_logs
+
+    logs, _ = committed_logs()
+    assert len(logs) >= 12 and all(p.startswith(ASYNC_RUNS) for p in logs)
+    fig = FIGURES_IN_ORDER["llm_async"]
+    d = fig.compute(fig.params(quick=True), 0)
+    groups = [str(g) for g in d["groups"]]
+    assert sorted(set(groups)) == ["grpo|async-k2", "grpo|sync", "pmd_mean|async-k2", "pmd_mean|sync"]
+    assert all(groups.count(g) >= 3 for g in set(groups))
+    assert all(c.passed for c in fig.claims(d, fig.params(quick=True)) if "lags at most" in c.statement)

@@ -293,3 +293,16 @@ def test_partial_rollouts_continue_responses_with_newer_weights_within_the_lag_b
     assert all(r["async/token_lag_max"] <= r["async/lag"] <= k for r in records)
     assert max(r["async/partial_multi_version"] for r in records) > 0
     assert all(r["loss/optimizer_steps"] == 2 for r in records)
+
+
+@needs_gloo
+def test_old_source_current_anchors_the_loss_at_the_trained_policy_not_the_sampler(tmp_path):
+    """``algorithm.old_source=current``: pi_old is the trained policy at the start of each update, so
+    the lag no longer shows between pi_old and pi_theta, only between the sampler and pi_old."""
+    out = tmp_path / "run"
+    extra = ("max_staleness=2", "async_weights=fixed", "algorithm.old_source=current")
+    finish(start(tmp_path, out, *extra, steps=6, eval_every=0))
+    records = records_so_far(out / "metrics.jsonl")
+    assert all(r["loss/behaviour_kl_k3"] < 1e-9 for r in records)
+    lagged = [r["loss/sampler_kl_k3"] for r in records if r["async/lag"] > 0]
+    assert lagged and max(lagged) > 1e-6

@@ -1,0 +1,185 @@
+"""Asynchronous against synchronous training: PMD-mean and GRPO with lagging rollouts, over seeds.
+
+Drawn from the committed logs under ``docs/runs/async-tiny/`` (README,
+"Asynchronous training"): each sub-folder is one mode (``sync``, or
+``async-k2``: rollout and training processes, ``max_staleness=2``), each run
+in it one algorithm and seed. Panels: held-out avg@k and training reward
+against the step, mean over seeds with 95% bootstrap bands (solid:
+synchronous, dashed: asynchronous), and the asynchronous runs' lag histogram.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from pmdlab.llm.metrics_log import read
+from pmdlab.rl.stats import bootstrap_difference, bootstrap_mean
+
+from .llm_training import _NAMES, ROOT, _curves, _first_last
+from .registry import Claim, Figure, register
+from .style import ALGORITHM_COLORS, plt
+
+#: The committed runs: ``<mode>/<algorithm>-seed<s>/metrics.jsonl``.
+ASYNC_RUNS = "docs/runs/async-tiny"
+_METRICS = ("eval/avg@k", "train/reward")
+_BAND_RESAMPLES = 2_000
+
+
+def committed_logs(folder: str = ASYNC_RUNS) -> tuple[list[str], str]:
+    """The logs under ``folder`` (relative to the repository's root) and a digest of their contents."""
+    paths = sorted((ROOT / folder).glob("*/*/metrics.jsonl"))
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in paths)).hexdigest()[:16]
+    return [str(p.relative_to(ROOT)) for p in paths], digest
+
+
+def _compute(params, seed):
+    runs, groups, out = [], [], {}
+    for path in params["logs"]:
+        records = read([str(ROOT / path)])
+        mode = Path(path).parent.parent.name
+        run = f"{mode}/{Path(path).parent.name}"
+        runs.append(run)
+        groups.append(f"{records[-1]['algorithm']}|{mode}")
+        for metric in _METRICS:
+            pts = [(r["step"], r[metric]) for r in records if r.get(metric) is not None]
+            out[f"{run}/{metric}/step"] = np.array([p[0] for p in pts], dtype=float)
+            out[f"{run}/{metric}/value"] = np.array([p[1] for p in pts], dtype=float)
+        hist = sorted((k, v) for k, v in records[-1].items() if k.startswith("async/lag_hist_"))
+        if hist:
+            out[f"{run}/lag_hist"] = np.array([v for _, v in sorted(hist, key=lambda kv: int(kv[0][15:]))])
+            out[f"{run}/lags"] = np.array([r["async/lag"] for r in records if "async/lag" in r])
+    out["runs"], out["groups"] = np.array(runs, dtype=str), np.array(groups, dtype=str)
+    return out
+
+
+def _by_group(d) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for run, group in zip(d["runs"], d["groups"]):
+        groups.setdefault(str(group), []).append(str(run))
+    return dict(sorted(groups.items()))
+
+
+def _label(group: str) -> str:
+    alg, mode = group.split("|")
+    return f"{_NAMES.get(alg, alg)} {'synchronous' if mode == 'sync' else mode}"
+
+
+def _plot(d, params):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for ax, metric in zip(axes, _METRICS):
+        for group, runs in _by_group(d).items():
+            alg, mode = group.split("|")
+            color = ALGORITHM_COLORS.get(_NAMES.get(alg, alg))
+            steps, values = _curves(d, runs, metric)
+            bands = [bootstrap_mean(v, resamples=_BAND_RESAMPLES) for v in values.T]
+            style = "-" if mode == "sync" else "--"
+            label = f"{_label(group)} ({len(runs)} seeds)"
+            ax.plot(steps, values.mean(axis=0), style, lw=1.6, color=color, label=label)
+            ax.fill_between(steps, [b.low for b in bands], [b.high for b in bands], color=color, alpha=0.15)
+        ax.set_title(
+            {"eval/avg@k": "held-out avg@k", "train/reward": "training reward (trailing mean)"}[metric]
+        )
+        ax.set_xlabel("global step")
+    axes[0].legend(loc="best", fontsize=8)
+    ax = axes[2]
+    lagging = [(g, runs) for g, runs in _by_group(d).items() if all(f"{r}/lag_hist" in d for r in runs)]
+    width = 0.8 / max(1, len(lagging))
+    for i, (group, runs) in enumerate(lagging):
+        hist = sum(d[f"{r}/lag_hist"] for r in runs)
+        share = hist / hist.sum()
+        color = ALGORITHM_COLORS.get(_NAMES.get(group.split("|")[0]))
+        ax.bar(np.arange(len(share)) + i * width, share, width, color=color, label=_label(group))
+    ax.set_title("lag of the trained batches (versions)")
+    ax.set_xlabel("lag")
+    ax.set_ylabel("share of steps")
+    if lagging:
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _finals(d, runs):
+    return [p[1] for p in (_first_last(d, run, "eval/avg@k") for run in runs) if p is not None]
+
+
+def _caption(d, params):
+    groups = _by_group(d)
+    parts = [f"{_label(g)}: final avg@k {bootstrap_mean(_finals(d, runs))}" for g, runs in groups.items()]
+    for alg in sorted({g.split("|")[0] for g in groups}):
+        sync = groups.get(f"{alg}|sync")
+        for g, runs in groups.items():
+            if g.startswith(f"{alg}|") and g != f"{alg}|sync" and sync:
+                diff = bootstrap_difference(_finals(d, runs), _finals(d, sync))
+                verdict = (
+                    "(the interval excludes 0)" if diff.excludes_zero() else "(not separated by these seeds)"
+                )
+                parts.append(f"{_label(g)} − synchronous: {diff} {verdict}")
+    lags = [
+        f"{_label(g)} mean lag {np.mean([d[f'{r}/lags'].mean() for r in runs]):.2f}"
+        for g, runs in groups.items()
+        if all(f"{r}/lags" in d for r in runs)
+    ]
+    return (
+        "Asynchronous (a rollout process generating while the trainer updates, each batch at most "
+        "max_staleness policy versions old) against synchronous training on the embedded task and tiny "
+        "model, same seeds, data and budget. Mean over seeds with 95% bootstrap bands; intervals are 95% "
+        f"percentile bootstrap intervals over seeds. From {ASYNC_RUNS}/. " + "; ".join(parts + lags) + "."
+    )
+
+
+def _claims(d, params):
+    claims = []
+    for group, runs in _by_group(d).items():
+        pairs = [p for p in (_first_last(d, run, "eval/avg@k") for run in runs) if p is not None]
+        if len(pairs) >= 2:
+            gain = bootstrap_mean([last - first for first, last in pairs])
+            claims.append(
+                Claim(
+                    f"{_label(group)} raises held-out avg@k over {len(pairs)} seeds "
+                    "(the 95% interval of last − first evaluation lies above 0)",
+                    bool(gain.low > 0),
+                    f"gain {gain}",
+                )
+            )
+        for run in runs:
+            if f"{run}/lag_hist" in d:
+                bound = params["max_staleness"]
+                hist = d[f"{run}/lag_hist"]
+                claims.append(
+                    Claim(
+                        f"{run}: every trained batch lags at most max_staleness={bound} versions",
+                        bool(len(hist) <= bound + 1 and d[f"{run}/lags"].max() <= bound),
+                        f"lags {sorted(set(d[f'{run}/lags'].tolist()))}",
+                    )
+                )
+    return claims
+
+
+def _missing(d):
+    if d["runs"].size == 0:
+        return f"no committed metrics logs under {ASYNC_RUNS}/ (see the README to run them)"
+    return None
+
+
+_LOGS, _DIGEST = committed_logs()
+
+register(
+    Figure(
+        name="llm_async",
+        title="Asynchronous against synchronous training: PMD-mean and GRPO over seeds",
+        shows=(
+            "Held-out avg@k and training reward of PMD-mean and GRPO trained synchronously and with "
+            "rollouts lagging up to 2 versions, over seeds, and the lag histogram, from the committed logs."
+        ),
+        full={"logs": _LOGS, "digest": _DIGEST, "max_staleness": 2},
+        quick={"logs": _LOGS, "digest": _DIGEST, "max_staleness": 2},
+        compute=_compute,
+        plot=_plot,
+        caption=_caption,
+        claims=_claims,
+        missing=_missing,
+    )
+)
