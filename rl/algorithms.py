@@ -1,14 +1,15 @@
 """The algorithm table: each name's loss, baseline and defaults, as trainers configure them.
 
-========  ====================  ===================================  ===================
-name      loss                  baselines (first: default)           default aggregation
-========  ====================  ===================================  ===================
-pmd_mean  :func:`losses.pmd`    mean, leave_one_out                  seq_mean_token_mean
-pmd_part  :func:`losses.pmd`    partition, leave_one_out_partition   seq_mean_token_mean
-grpo      :func:`losses.grpo`   mean_std, mean (Dr. GRPO)            token_mean
-gspo      :func:`losses.gspo`   mean_std, mean                       seq_mean_token_sum
-rloo      :func:`losses.rloo`   leave_one_out, mean                  seq_mean_token_sum
-========  ====================  ===================================  ===================
+========  ====================  ===========================================  ===================
+name      loss                  baselines (first: default)                   default aggregation
+========  ====================  ===========================================  ===================
+pmd_mean  :func:`losses.pmd`    mean, leave_one_out                          seq_mean_token_mean
+pmd_part  :func:`losses.pmd`    partition, leave_one_out_partition,          seq_mean_token_mean
+                                leave_one_out_partition_clamped (authors')
+grpo      :func:`losses.grpo`   mean_std, mean (Dr. GRPO)                    token_mean
+gspo      :func:`losses.gspo`   mean_std, mean                               seq_mean_token_sum
+rloo      :func:`losses.rloo`   leave_one_out, mean                          seq_mean_token_sum
+========  ====================  ===========================================  ===================
 
 Why each exists: ``pmd_mean`` is the update of Kimi K1.5/K2 that this project
 is about (the partition function replaced by the mean reward, docs/math.md §3);
@@ -50,7 +51,10 @@ class Entry:
 TABLE: dict[str, Entry] = {
     "pmd_mean": Entry(losses.pmd, ("mean", "leave_one_out"), "seq_mean_token_mean", {"tau_scaled": False}),
     "pmd_part": Entry(
-        losses.pmd, ("partition", "leave_one_out_partition"), "seq_mean_token_mean", {"tau_scaled": False}
+        losses.pmd,
+        ("partition", "leave_one_out_partition", "leave_one_out_partition_clamped"),
+        "seq_mean_token_mean",
+        {"tau_scaled": False},
     ),
     "grpo": Entry(losses.grpo, ("mean_std", "mean"), "token_mean", {"clip_low": 0.2, "clip_high": 0.2}),
     "gspo": Entry(

@@ -32,6 +32,7 @@ __all__ = [
     "grpo_advantages",
     "leave_one_out_mean",
     "leave_one_out_partition",
+    "leave_one_out_partition_clamped",
     "mean_baseline",
     "partition_baseline",
 ]
@@ -214,6 +215,31 @@ def leave_one_out_partition(rewards, groups, tau) -> torch.Tensor:
     return torch.where(n > 1, loo, r)
 
 
+#: The floor of the authors' clamped leave-one-out partition (their training code's ``min=1e-8``).
+LOO_CLAMP = 1e-8
+
+
+def leave_one_out_partition_clamped(rewards, groups, tau, floor: float = LOO_CLAMP) -> torch.Tensor:
+    r"""The authors' code's leave-one-out partition, reproduced as written:
+
+    ``b_i = M + tau log(clamp((1/(n-1)) sum_{j != i} e^{(r_j - M)/tau}, min=floor))``, ``M`` the
+    group's maximum (``r_i`` included). Where the others' mean term is above ``floor`` it equals
+    :func:`leave_one_out_partition`; where not, the clamp decides: the group's lone best response
+    gets ``b_i = M + tau log(floor)``, so at ``tau = 0.01`` a lone correct answer among wrong
+    ones has advantage ``-0.01 log(1e-8) = 0.184`` instead of about 1. A singleton's is ``r_i``.
+    """
+    r = _rewards(rewards)
+    g = _groups(groups, r.numel())
+    t = _tau(tau)
+    x = r / t
+    top = g.max(x)[g.index]
+    e = torch.exp(x - top)
+    n = g.sizes[g.index].to(r.dtype)
+    others = (g.sum(e)[g.index] - e) / (n - 1).clamp(min=1)
+    loo = t * (top + torch.log(others.clamp(min=floor)))
+    return torch.where(n > 1, loo, r)
+
+
 def grpo_advantages(rewards, groups, eps: float = 1e-6, scale: bool = True) -> torch.Tensor:
     """``A_i = (r_i - mean) / (std + eps)`` with the unbiased group std (``scale=False``:
     ``r_i - mean``, as in Dr. GRPO). Singletons get 0."""
@@ -229,7 +255,14 @@ def grpo_advantages(rewards, groups, eps: float = 1e-6, scale: bool = True) -> t
 
 
 #: Baselines by name, as the algorithm table selects them.
-BASELINES = ("mean", "leave_one_out", "partition", "leave_one_out_partition", "mean_std")
+BASELINES = (
+    "mean",
+    "leave_one_out",
+    "partition",
+    "leave_one_out_partition",
+    "leave_one_out_partition_clamped",
+    "mean_std",
+)
 
 
 def advantages(rewards, groups, baseline: str = "mean", tau=None, weights=None) -> torch.Tensor:
@@ -252,6 +285,10 @@ def advantages(rewards, groups, baseline: str = "mean", tau=None, weights=None) 
         if weights is not None:
             raise ValueError("baseline='leave_one_out_partition' takes no weights")
         b = leave_one_out_partition(r, groups, _tau(tau))
+    elif baseline == "leave_one_out_partition_clamped":
+        if weights is not None:
+            raise ValueError("baseline='leave_one_out_partition_clamped' takes no weights")
+        b = leave_one_out_partition_clamped(r, groups, _tau(tau))
     else:
         raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
     return r - b

@@ -15,6 +15,7 @@ from pmdlab.rl.groups import (
     grpo_advantages,
     leave_one_out_mean,
     leave_one_out_partition,
+    leave_one_out_partition_clamped,
     mean_baseline,
     partition_baseline,
 )
@@ -93,6 +94,44 @@ def test_leave_one_out_partition_with_ties_and_a_dominant_reward():
     # Group 1: without the 1 only zeros remain; without a 0 the 1 dominates.
     assert got[3] == pytest.approx(0.0, abs=1e-15)
     assert got[4] == pytest.approx(1.0 - 1e-4 * math.log(2), abs=1e-15)
+
+
+@given(batches(), st.floats(1e-2, 100.0))
+def test_clamped_leave_one_out_partition_is_the_authors_formula(batch, tau):
+    """Against the formula of the authors' code written out in numpy, with the group maximum
+    taken over the whole group and the others' mean clamped at 1e-8."""
+    r, ids = batch
+
+    def authors(v, j):
+        if v.size == 1:
+            return v[j]
+        top = v.max()
+        mean = np.exp((np.delete(v, j) - top) / tau).sum() / (v.size - 1)
+        return top + tau * math.log(max(mean, 1e-8))
+
+    got = leave_one_out_partition_clamped(r, ids, tau).numpy()
+    np.testing.assert_allclose(got, _per_group(r, ids, authors), rtol=1e-10, atol=1e-10 * (1 + tau))
+
+
+@given(batches(min_size=2), st.floats(0.5, 100.0))
+def test_the_clamp_changes_nothing_where_it_is_not_reached(batch, tau):
+    """Rewards within 1 of each other and tau >= 0.5: every mean term is at least e^{-2} > 1e-8."""
+    r, ids = batch
+    r = r / max(1.0, float((r.max() - r.min()).abs())) * 0.999
+    a = leave_one_out_partition_clamped(r, ids, tau)
+    b = leave_one_out_partition(r, ids, tau)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-10 * (1 + tau))
+
+
+def test_the_clamp_decides_a_lone_correct_answer_at_small_tau():
+    """One correct answer among 8 at tau = 0.01: advantage 0.01 log(1e8) = 0.184 (1 - 7.6e-44 unclamped)."""
+    r = torch.tensor([1.0] + [0.0] * 7, dtype=torch.float64)
+    ids = torch.zeros(8, dtype=torch.long)
+    a = r - leave_one_out_partition_clamped(r, ids, 0.01)
+    assert float(a[0]) == pytest.approx(0.01 * math.log(1e8), rel=1e-12)  # 0.18420680743952367
+    assert float((r - leave_one_out_partition(r, ids, 0.01))[0]) == pytest.approx(1.0, abs=1e-12)
+    # the wrong answers see the correct one among the others: both forms agree
+    np.testing.assert_allclose(a[1:].numpy(), (r - leave_one_out_partition(r, ids, 0.01))[1:].numpy())
 
 
 @given(batches(min_size=2))
