@@ -220,7 +220,9 @@ class BanditTrainer:
             num_minibatches=cfg.minibatches,
             epochs=cfg.epochs,
             generator=gen,
-            old_logprobs=rollout.sampler_logprobs,
+            # pi_old: the sampler (the behaviour policy), or with old_source=current the policy being
+            # trained (recomputed by policy_update): the anchor moves with it when rollouts lag
+            old_logprobs=None if cfg.algorithm.old_source == "current" else rollout.sampler_logprobs,
         )
         new = _Version.of(self.policy, self._correct, self._graded)
         with torch.no_grad():

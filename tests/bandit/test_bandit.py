@@ -163,6 +163,26 @@ def test_staleness_samples_from_an_older_version(staleness):
     assert versions.tolist() == [max(0, s - 1 - staleness) for s in range(1, 8)]
 
 
+@pytest.mark.parametrize("old_source, anchored_at_sampler", [("trainer", True), ("current", False)])
+def test_old_source_current_anchors_the_update_at_the_trained_policy(old_source, anchored_at_sampler):
+    """Stale rollouts (3 versions): pi_old is the sampler, or with ``current`` the policy being
+    trained; the KL between pi_old and pi_theta before the first step tells which."""
+    cfg = BanditConfig(
+        task=TaskConfig(prompts=8, responses=6),
+        algorithm=Algorithm("pmd_mean", tau=0.1, old_source=old_source),
+        steps=8,
+        n=4,
+        minibatches=2,
+        staleness=3,
+    )
+    m = train(cfg).metrics
+    drift = m["loss/behaviour_kl_k3"][5:]  # steps whose sampler lags 3 versions
+    if anchored_at_sampler:
+        assert drift.min() > 1e-4
+    else:
+        assert drift.max() < 1e-9
+
+
 def test_training_raises_success_and_logs_metrics():
     cfg = BanditConfig(task=TaskConfig(prompts=32, responses=16), steps=30, n=8, exact_every=10)
     m = train(cfg).metrics
