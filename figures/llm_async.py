@@ -6,7 +6,8 @@ Drawn from the committed logs under ``docs/runs/async-tiny/`` (README,
 in it one algorithm and seed; ``async-k2-anchor-current`` adds
 ``algorithm.old_source=current``). Panels: held-out avg@k and training reward
 against the step, mean over seeds with 95% bootstrap bands (solid:
-synchronous, dashed: asynchronous), and the asynchronous runs' lag histogram.
+synchronous, dashed: asynchronous, dotted: asynchronous anchored at the
+current policy), and the asynchronous runs' lag histogram.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ ASYNC_RUNS = "docs/runs/async-tiny"
 _METRICS = ("eval/avg@k", "train/reward")
 #: The modes compared by the anchor claim: pi_old the behaviour policy, or the current one.
 ANCHOR_MODES = ("async-k2", "async-k2-anchor-current")
+_STYLE = {"sync": "-", ANCHOR_MODES[0]: "--", ANCHOR_MODES[1]: ":"}
 _BAND_RESAMPLES = 2_000
 
 
@@ -78,7 +80,7 @@ def _plot(d, params):
             color = ALGORITHM_COLORS.get(_NAMES.get(alg, alg))
             steps, values = _curves(d, runs, metric)
             bands = [bootstrap_mean(v, resamples=_BAND_RESAMPLES) for v in values.T]
-            style = "-" if mode == "sync" else "--"
+            style = _STYLE.get(mode, "-.")
             label = f"{_label(group)} ({len(runs)} seeds)"
             ax.plot(steps, values.mean(axis=0), style, lw=1.6, color=color, label=label)
             ax.fill_between(steps, [b.low for b in bands], [b.high for b in bands], color=color, alpha=0.15)
@@ -90,11 +92,17 @@ def _plot(d, params):
     ax = axes[2]
     lagging = [(g, runs) for g, runs in _by_group(d).items() if all(f"{r}/lag_hist" in d for r in runs)]
     width = 0.8 / max(1, len(lagging))
+    longest = 0
     for i, (group, runs) in enumerate(lagging):
         hist = sum(d[f"{r}/lag_hist"] for r in runs)
         share = hist / hist.sum()
-        color = ALGORITHM_COLORS.get(_NAMES.get(group.split("|")[0]))
-        ax.bar(np.arange(len(share)) + i * width, share, width, color=color, label=_label(group))
+        longest = max(longest, len(share))
+        alg, mode = group.split("|")
+        color = ALGORITHM_COLORS.get(_NAMES.get(alg, alg))
+        x = np.arange(len(share)) - 0.4 + (i + 0.5) * width
+        hatch = "//" if mode == ANCHOR_MODES[1] else None
+        ax.bar(x, share, width, color=color, hatch=hatch, edgecolor="white", label=_label(group))
+    ax.set_xticks(range(longest))
     ax.set_title("lag of the trained batches (versions)")
     ax.set_xlabel("lag")
     ax.set_ylabel("share of steps")
