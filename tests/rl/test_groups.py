@@ -123,6 +123,20 @@ def test_the_clamp_changes_nothing_where_it_is_not_reached(batch, tau):
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-10, atol=1e-10 * (1 + tau))
 
 
+@pytest.mark.parametrize(
+    "baseline",
+    ["mean", "leave_one_out", "partition", "leave_one_out_partition", "leave_one_out_partition_clamped"],
+)
+@given(batch=batches(binary=True), tau=st.floats(1e-2, 10.0))
+def test_plus_minus_one_rewards_at_tau_are_binary_rewards_at_half_tau(baseline, batch, tau):
+    """PMD's targets ``A/tau``: rewards ``2r - 1`` at ``tau`` give those of ``r`` at ``tau/2`` for every
+    baseline (the clamp's floor included), so the authors' ±1 runs are {0, 1} runs at half the tau."""
+    r, ids = batch
+    pm = advantages(2 * r - 1, ids, baseline, tau=tau) / tau
+    binary = advantages(r, ids, baseline, tau=tau / 2) / (tau / 2)
+    np.testing.assert_allclose(pm.numpy(), binary.numpy(), rtol=1e-9, atol=1e-9 / tau)
+
+
 def test_the_clamp_decides_a_lone_correct_answer_at_small_tau():
     """One correct answer among 8 at tau = 0.01: advantage 0.01 log(1e8) = 0.184 (1 - 7.6e-44 unclamped)."""
     r = torch.tensor([1.0] + [0.0] * 7, dtype=torch.float64)
