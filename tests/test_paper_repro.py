@@ -261,3 +261,19 @@ def test_the_async_figure_reads_the_committed_logs():
     assert sorted(set(groups)) == sorted(f"{a}|{m}" for a in ("pmd_mean", "grpo") for m in modes)
     assert all(groups.count(g) >= 3 for g in set(groups))
     assert all(c.passed for c in fig.claims(d, fig.params(quick=True)) if "lags at most" in c.statement)
+
+
+@pytest.mark.parametrize("gap, holds", [(0.0, True), (0.01, False)])
+def test_the_clamp_figure_claims_equal_runs_where_the_clamp_is_out_of_reach(gap, holds):
+    fig = FIGURES_IN_ORDER["clamp"]
+    success = np.linspace(0.3, 0.9, 11)[None, :].repeat(3, axis=0)
+    d = {"taus": np.array([0.01, 1.0]), "steps": np.arange(11)}
+    for tau in (0.01, 1.0):
+        d[f"{tau}/exact/success"] = success
+        d[f"{tau}/clamped/success"] = success + (gap if tau == 1.0 else 0.05)  # at 0.01 they may differ
+        for v in ("exact", "clamped"):
+            d[f"{tau}/{v}/collapses"] = np.zeros((3, 11))
+    params = {**fig.params(quick=True), "seeds": 3}
+    verdict = [c.passed for c in fig.claims(d, params) if "never reached" in c.statement]
+    assert verdict == [holds]  # one claim: at tau = 1 only
+    assert "τ = 0.01: final success exact 0.900 [0.900, 0.900], clamped 0.950" in fig.caption(d, params)
