@@ -30,6 +30,7 @@ import torch
 from pmdlab.rl.rollout import Rollout
 
 from .policy import response_mask
+from .rollouts import batch_stats
 
 __all__ = ["PartialRollouts", "Response"]
 
@@ -165,19 +166,9 @@ class PartialRollouts:
         texts = policy.tokenizer.batch_decode([r.tokens for r in responses], skip_special_tokens=True)
         hits = [self.task.is_correct(t, groups[i // n].problem) for i, t in enumerate(texts)]
         rollout.rewards = torch.tensor([self.reward(h) for h in hits], dtype=torch.float32)
-        correct = torch.tensor(hits)
         spans = [len(set(r.versions)) for r in responses]
-        total = float(mask.sum())
         stats = {
-            "train/reward": float(rollout.rewards.mean()),
-            "train/accuracy": float(correct.float().mean()),
-            "train/response_length": total / len(responses),
-            "train/entropy": float("nan"),
-            "train/solved_groups": float(correct.view(-1, n).all(1).float().mean()),
-            "train/unsolved_groups": float((~correct.view(-1, n)).all(1).float().mean()),
-            "perf/rollout_s": elapsed,
-            "perf/rollout_tokens_per_s": total / max(elapsed, 1e-9),
-            "train/sampler_version": float(version),
+            **batch_stats(rollout, hits, n, None, elapsed, version),
             "async/partial_multi_version": sum(s > 1 for s in spans) / len(spans),
             "async/partial_carried": float(sum(not r.done for g in self.groups for r in g.responses)),
             "async/dropped_groups": float(self.dropped),

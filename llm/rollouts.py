@@ -20,7 +20,7 @@ import torch
 
 from pmdlab.rl.rollout import Rollout
 
-__all__ = ["generate_batch", "shard_batch"]
+__all__ = ["batch_stats", "generate_batch", "shard_batch"]
 
 
 def generate_batch(
@@ -41,10 +41,16 @@ def generate_batch(
         [reward(hit) for hit in hits], dtype=torch.float32, device=rollout.tokens.device
     )
     policy.model.train()
-    elapsed = time.perf_counter() - start
+    stats = batch_stats(rollout, hits, n, entropy, time.perf_counter() - start, version)
+    return {"rollout": rollout, "old": old, "stats": stats, "version": version}
+
+
+def batch_stats(rollout: Rollout, hits: list[bool], n: int, entropy, elapsed: float, version: int) -> dict:
+    """A scored batch's record: reward, accuracy, length, token entropy (``None``: not computed),
+    groups all right or all wrong, rollout time and tokens/s, and the version that sampled it."""
     tokens = float(rollout.mask.sum())
     correct = torch.tensor(hits)
-    stats = {
+    return {
         "train/reward": float(rollout.rewards.mean()),
         "train/accuracy": float(correct.float().mean()),
         "train/response_length": tokens / len(rollout),
@@ -55,7 +61,6 @@ def generate_batch(
         "perf/rollout_tokens_per_s": tokens / elapsed,
         "train/sampler_version": float(version),
     }
-    return {"rollout": rollout, "old": old, "stats": stats, "version": version}
 
 
 def shard_batch(batch: dict, rank: int, world_size: int) -> dict:
