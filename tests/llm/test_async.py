@@ -286,7 +286,7 @@ def test_under_torchrun_two_training_ranks_and_a_worker_take_the_one_process_ste
 def test_partial_rollouts_continue_responses_with_newer_weights_within_the_lag_bound(tmp_path):
     """One token per response per iteration (answers are up to 3): responses span versions, and
     no trained token lags more than max_staleness."""
-    k, steps, out = 3, 8, tmp_path / "run"
+    k, steps, out = 3, 16, tmp_path / "run"
     finish(start(tmp_path, out, f"max_staleness={k}", "partial_tokens=1", steps=steps, eval_every=0))
     records = records_so_far(out / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, steps + 1))
