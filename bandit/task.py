@@ -9,8 +9,9 @@ spread by a softmax of Gaussian logits (scale ``spread``), so
 .. math:: \log \pi_0(y|x) = \log p_x + g_y - \log \sum_{C_x} e^{g}
           \quad (y \in C_x), \text{ likewise with } 1 - p_x \text{ outside}.
 
-Rewards: ``binary`` (1 on ``C_x``, else 0) or ``graded`` (1 on ``C_x``,
-partial credit ``U(0, 1/2)`` elsewhere).
+Rewards: ``binary`` (1 on ``C_x``, else 0), ``signed`` (+1 on ``C_x``, else
+-1, as the authors' training code scores answers; the same task and draws as
+``binary``) or ``graded`` (1 on ``C_x``, partial credit ``U(0, 1/2)`` elsewhere).
 
 Every prompt and response also has a feature vector (``features``
 dimensions): the correct set is the top responses by a hidden score
@@ -50,6 +51,10 @@ def parse_difficulty(spec: str):
     return kind, params
 
 
+#: Reward schemes of a task.
+REWARDS = ("binary", "signed", "graded")
+
+
 @dataclass(frozen=True)
 class TaskConfig:
     """A family of bandit prompts.
@@ -60,7 +65,7 @@ class TaskConfig:
         correct_fraction: share of responses that are correct (at least one, at most ``K - 1``).
         difficulty: distribution of the initial success probability ``p_x``
             (``uniform:a,b``, ``loguniform:a,b``, ``beta:a,b``, ``fixed:p``).
-        rewards: ``binary`` or ``graded``.
+        rewards: ``binary`` ({0, 1}), ``signed`` ({-1, +1}) or ``graded``.
         spread: scale of the Gaussian logits spreading mass within the correct and incorrect sets.
         features: dimension of the prompt and response features.
         label_noise: noise added to the hidden score that picks the correct set.
@@ -84,8 +89,8 @@ class TaskConfig:
             raise ValueError(f"responses must be at least 2, got {self.responses}")
         if not (0 < self.correct_fraction < 1):
             raise ValueError(f"correct_fraction must lie in (0, 1), got {self.correct_fraction}")
-        if self.rewards not in ("binary", "graded"):
-            raise ValueError(f"rewards must be 'binary' or 'graded', got {self.rewards!r}")
+        if self.rewards not in REWARDS:
+            raise ValueError(f"rewards must be one of {REWARDS}, got {self.rewards!r}")
         if self.features < 1:
             raise ValueError(f"features must be at least 1, got {self.features}")
         parse_difficulty(self.difficulty)
@@ -151,6 +156,8 @@ def make_task(config: TaskConfig = TaskConfig()) -> Task:
     logits = np.where(correct, np.log(success0)[:, None] + log_in, np.log1p(-success0)[:, None] + log_out)
     if config.rewards == "binary":
         rewards = correct.astype(np.float64)
+    elif config.rewards == "signed":
+        rewards = np.where(correct, 1.0, -1.0)
     else:
         rewards = np.where(correct, 1.0, 0.5 * rng.uniform(size=(p, k)))
     t = torch.from_numpy

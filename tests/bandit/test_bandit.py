@@ -18,7 +18,7 @@ from pmdlab.rl import Algorithm, policy_update
 # ---------------------------------------------------------------------------- task
 
 
-@pytest.mark.parametrize("rewards", ["binary", "graded"])
+@pytest.mark.parametrize("rewards", ["binary", "signed", "graded"])
 def test_task_has_the_requested_difficulty_and_rewards(rewards):
     task = make_task(TaskConfig(prompts=50, responses=40, correct_fraction=0.1, rewards=rewards, seed=3))
     pi0 = torch.softmax(task.initial_logits, dim=1)
@@ -28,7 +28,33 @@ def test_task_has_the_requested_difficulty_and_rewards(rewards):
     assert ((task.success0 >= 0.02) & (task.success0 <= 0.6)).all()
     assert torch.equal(task.rewards[task.correct], torch.ones(200, dtype=torch.float64))
     wrong = task.rewards[~task.correct]
-    assert ((wrong == 0) if rewards == "binary" else ((wrong >= 0) & (wrong <= 0.5))).all()
+    expected = {"binary": wrong == 0, "signed": wrong == -1, "graded": (wrong >= 0) & (wrong <= 0.5)}
+    assert expected[rewards].all()
+
+
+@pytest.mark.parametrize("name", ["pmd_mean", "pmd_part"])
+def test_signed_rewards_at_tau_train_as_binary_rewards_at_half_tau(name):
+    """r' = 2r - 1 doubles every advantage, so A'/tau = A/(tau/2) (docs/math.md section 5):
+    the same draws give the same training run, step for step."""
+
+    def run(rewards, tau):
+        cfg = BanditConfig(
+            task=TaskConfig(prompts=12, responses=10, rewards=rewards, seed=4),
+            algorithm=Algorithm(name, tau=tau),
+            policy="loglinear",
+            steps=6,
+            n=4,
+            minibatches=4,
+            lr=0.05,
+            dtype="float64",
+        )
+        return train(cfg).metrics
+
+    signed, binary = run("signed", 0.06), run("binary", 0.03)
+    np.testing.assert_allclose(signed["success_mean"], binary["success_mean"], rtol=1e-9, atol=1e-12)
+    assert signed["success_mean"][-1] > signed["success_mean"][0] + 0.05  # it trained: not a trivial match
+    other = run("binary", 0.06)["success_mean"]
+    assert np.abs(other - binary["success_mean"]).max() > 1e-3  # tau matters, so the match is not vacuous
 
 
 def test_task_correct_set_follows_the_features():
