@@ -33,6 +33,7 @@ import torch
 
 from . import losses
 from .groups import advantages as group_advantages
+from .tau_rules import TAU_RULES, tau_scale
 
 __all__ = ["ALGORITHMS", "TABLE", "Algorithm", "Entry"]
 
@@ -73,6 +74,8 @@ class Algorithm:
     Attributes:
         name: one of ``pmd_mean``, ``pmd_part``, ``grpo``, ``gspo``, ``rloo``.
         tau: PMD's regularisation strength (``pmd_mean``, ``pmd_part``).
+        tau_rule: per-prompt τ (``pmd_mean``): ``fixed`` (every prompt at ``tau``) or ``std``
+            (``tau`` times the prompt's reward standard deviation); see :mod:`pmdlab.rl.tau_rules`.
         baseline: the group baseline (none: the table's default; see the module docstring).
         aggregation: one of :data:`pmdlab.rl.losses.AGGREGATIONS` (none: the table's default).
         max_length: the constant of ``seq_mean_token_sum_norm``.
@@ -87,6 +90,7 @@ class Algorithm:
 
     name: str = "pmd_mean"
     tau: float = 0.1
+    tau_rule: str = "fixed"
     baseline: str | None = None
     aggregation: str | None = None
     max_length: int | None = None
@@ -107,6 +111,13 @@ class Algorithm:
             raise ValueError(f"aggregation must be one of {losses.AGGREGATIONS}, got {self.aggregation!r}")
         if entry.loss is losses.pmd and not (self.tau > 0):
             raise ValueError(f"tau must be positive, got {self.tau}")
+        if self.tau_rule not in TAU_RULES:
+            raise ValueError(f"tau_rule must be one of {TAU_RULES}, got {self.tau_rule!r}")
+        if self.tau_rule != "fixed" and self.name != "pmd_mean":
+            raise ValueError(
+                f"tau_rule={self.tau_rule!r} applies to pmd_mean (whose baseline does not depend on tau), "
+                f"not {self.name}"
+            )
         if self.old_source not in ("trainer", "sampler", "current"):
             raise ValueError(f"old_source must be 'trainer', 'sampler' or 'current', got {self.old_source!r}")
 
@@ -136,10 +147,14 @@ class Algorithm:
         return out
 
     def advantages(self, rewards, groups, weights=None) -> torch.Tensor:
-        """Advantages of a whole rollout batch from its rewards and groups (docs/math.md §5–6)."""
-        return group_advantages(
+        """Advantages of a whole rollout batch from its rewards and groups (docs/math.md §5–6),
+        divided by the per-prompt scale ``s_x`` of ``tau_rule`` (``tau_x = tau s_x``)."""
+        adv = group_advantages(
             rewards, groups, baseline=self.resolved_baseline, tau=self.tau, weights=weights
         )
+        if self.tau_rule == "fixed":
+            return adv
+        return adv / tau_scale(rewards, groups, self.tau_rule, weights).to(adv.dtype)
 
     def normalizer(self, mask, weights=None) -> torch.Tensor:
         """The loss normaliser of a (mini)batch; see :func:`pmdlab.rl.losses.loss_normalizer`."""
