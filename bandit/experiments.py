@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 from scipy.optimize import brentq
@@ -38,9 +40,11 @@ from pmdlab.theory.binary import pmd_mean_step, pmd_part_step
 
 from .train import BanditConfig, train
 
-__all__ = ["one_step_success", "sample_targets", "target_error", "training_dynamics"]
+__all__ = ["one_step_success", "sample_targets", "target_error", "train_many", "training_dynamics"]
 
 METHODS = ("pmd_mean", "pmd_part")
+#: The per-step metrics a training run returns to the experiments.
+_KEEP = ("success_mean", "success_q10", "success_q90", "kl_old_new", "collapses")
 
 
 def sample_targets(method: str, n1: np.ndarray, n: int, tau: float) -> tuple[np.ndarray, np.ndarray]:
@@ -188,37 +192,45 @@ def training_dynamics(
     seeds: Iterable[int] = (0, 1, 2),
     settings: Mapping[str, Mapping] | None = None,
     progress: Callable[[str], None] | None = None,
+    workers: int | None = None,
 ) -> dict:
     """Experiment (b): train every algorithm in every setting over seeds.
 
     ``settings`` maps a name to overrides of ``base`` (e.g. ``{"n=4": {"n": 4},
     "stale": {"staleness": 4}}``; default: just ``base``). The seed sets both
-    the task's and the training's randomness. Returns ``{"steps": (T+1,),
-    "runs": {setting: {algorithm: {metric: (seeds, T+1)}}}}`` with the metrics
-    ``success_mean``, ``success_q10``, ``success_q90``, ``kl_old_new`` and ``collapses``.
+    the task's and the training's randomness. Runs go to :func:`train_many`
+    (``workers`` processes). Returns ``{"steps": (T+1,), "runs": {setting:
+    {algorithm: {metric: (seeds, T+1)}}}}`` with the metrics ``success_mean``,
+    ``success_q10``, ``success_q90``, ``kl_old_new`` and ``collapses``.
     """
     settings = {"base": {}} if settings is None else settings
     seeds = list(seeds)
-    _steps(base, settings)
-    keep = ("success_mean", "success_q10", "success_q90", "kl_old_new", "collapses")
-    runs: dict = {}
-    for name, overrides in settings.items():
-        runs[name] = {}
-        for label, algorithm in algorithms.items():
-            per_seed = []
-            for seed in seeds:
-                cfg = dataclasses.replace(
-                    base,
-                    algorithm=algorithm,
-                    seed=seed,
-                    task=dataclasses.replace(base.task, seed=seed),
-                    **overrides,
-                )
-                per_seed.append(train(cfg).metrics)
-                if progress is not None:
-                    progress(f"{name} / {label} / seed {seed}")
-            runs[name][label] = {k: np.stack([m[k] for m in per_seed]) for k in keep}
-    return {"steps": np.arange(_steps(base, settings) + 1), "runs": runs}
+    steps = _steps(base, settings)
+    keys = [(name, label, seed) for name in settings for label in algorithms for seed in seeds]
+    configs = [
+        dataclasses.replace(
+            base,
+            algorithm=algorithms[label],
+            seed=seed,
+            task=dataclasses.replace(base.task, seed=seed),
+            **settings[name],
+        )
+        for name, label, seed in keys
+    ]
+    results = train_many(configs, workers=workers)
+    runs: dict = {name: {label: [] for label in algorithms} for name in settings}
+    for (name, label, seed), metrics in zip(keys, results):
+        runs[name][label].append(metrics)
+        if progress is not None:
+            progress(f"{name} / {label} / seed {seed}")
+    runs = {
+        name: {
+            label: {k: np.stack([m[k] for m in per_seed]) for k in _KEEP}
+            for label, per_seed in by_alg.items()
+        }
+        for name, by_alg in runs.items()
+    }
+    return {"steps": np.arange(steps + 1), "runs": runs}
 
 
 def _steps(base: BanditConfig, settings: Mapping[str, Mapping]) -> int:
@@ -226,3 +238,31 @@ def _steps(base: BanditConfig, settings: Mapping[str, Mapping]) -> int:
     if len(counts) != 1:
         raise ValueError("every setting must run the same number of steps")
     return counts.pop()
+
+
+def _train_metrics(config: BanditConfig) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in train(config).metrics.items() if k in _KEEP}
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def train_many(configs: Iterable[BanditConfig], workers: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Train every config, in ``workers`` processes of one thread each (default: one per CPU core;
+    1: in this process), and return each run's metrics (those of :func:`training_dynamics`) in order.
+
+    Runs are independent and each is seeded by its config, so the result does not depend on
+    ``workers``.
+    """
+    configs = list(configs)
+    workers = min(len(configs), os.cpu_count() or 1) if workers is None else workers
+    if workers <= 1 or len(configs) <= 1:
+        return [_train_metrics(c) for c in configs]
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold torch threads
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_one_thread) as pool:
+        return list(pool.map(_train_metrics, configs, chunksize=max(1, len(configs) // (8 * workers))))

@@ -1,5 +1,6 @@
 """Experiments (a) and (b) against theory, brute force and Monte Carlo."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -8,8 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize_scalar
 
-from pmdlab.bandit import BanditConfig, TaskConfig
-from pmdlab.bandit.experiments import one_step_success, sample_targets, target_error, training_dynamics
+from pmdlab.bandit import BanditConfig, TaskConfig, train
+from pmdlab.bandit.experiments import (
+    one_step_success,
+    sample_targets,
+    target_error,
+    train_many,
+    training_dynamics,
+)
 from pmdlab.rl import Algorithm
 from pmdlab.theory import pmd_mean_step, pmd_part_step
 
@@ -76,3 +83,20 @@ def test_training_dynamics_shapes_and_overrides():
     assert not np.allclose(s[0], s[1])  # the seed changes the task and the draws
     with pytest.raises(ValueError, match="same number of steps"):
         training_dynamics(base, {"a": Algorithm()}, settings={"x": {"steps": 3}, "y": {}})
+
+
+def test_train_many_in_worker_processes_equals_training_in_this_process():
+    """Each run is seeded by its config, so spreading runs over processes changes nothing."""
+    base = BanditConfig(task=TaskConfig(prompts=8, responses=6), steps=4, n=2, minibatches=2)
+    configs = [
+        dataclasses.replace(
+            base, algorithm=Algorithm(name), seed=s, task=dataclasses.replace(base.task, seed=s)
+        )
+        for name in ("pmd_mean", "grpo")
+        for s in (0, 1)
+    ]
+    alone = [train(c).metrics["success_mean"] for c in configs]
+    pooled = train_many(configs, workers=2)
+    for a, b in zip(alone, pooled):
+        np.testing.assert_array_equal(a, b["success_mean"])
+    assert not np.array_equal(pooled[0]["success_mean"], pooled[2]["success_mean"])
