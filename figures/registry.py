@@ -16,16 +16,31 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Claim", "FIGURES", "Figure", "register"]
+__all__ = ["CLAIM_KINDS", "Claim", "FIGURES", "Figure", "register"]
+
+
+#: What a claim is. ``check``: something this project's numbers must satisfy (the
+#: code is wrong otherwise; a failure fails ``paper_repro.py``). ``paper``: a claim
+#: of the paper tested here; the report says whether it reproduced, and a claim
+#: that does not reproduce is a finding, not an error.
+CLAIM_KINDS = ("check", "paper")
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One checked statement: ``passed`` is ``holds`` evaluated on the cached numbers."""
+    """One statement tested on the cached numbers: ``passed`` says whether it holds.
+
+    ``kind`` is one of :data:`CLAIM_KINDS`.
+    """
 
     statement: str
     passed: bool
     detail: str = ""
+    kind: str = "check"
+
+    def __post_init__(self):
+        if self.kind not in CLAIM_KINDS:
+            raise ValueError(f"kind must be one of {CLAIM_KINDS}, got {self.kind!r}")
 
 
 @dataclass(frozen=True)
