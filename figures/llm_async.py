@@ -2,17 +2,20 @@
 
 Drawn from the committed logs under ``docs/runs/async-tiny/`` (README,
 "Asynchronous training"): each sub-folder is one mode (``sync``, or
-``async-k2``: rollout and training processes, ``max_staleness=2``), each run
+``async-k<k>``: rollout and training processes, ``max_staleness=k``), each run
 in it one algorithm and seed; ``async-k2-anchor-current`` adds
-``algorithm.old_source=current``). Panels: held-out avg@k and training reward
-against the step, mean over seeds with 95% bootstrap bands (solid:
-synchronous, dashed: asynchronous, dotted: asynchronous anchored at the
-current policy), and the asynchronous runs' lag histogram.
+``algorithm.old_source=current``; a ``lr1e-4-`` prefix marks runs at learning
+rate 1e-4 instead of the default 3e-4. One row of panels per learning rate:
+held-out avg@k and training reward against the step, mean over seeds with 95%
+bootstrap bands (solid: synchronous, dashed: lag ≤ 2, dash-dot: lag ≤ 4,
+dotted: anchored at the current policy), and the asynchronous runs' lag
+histogram.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,24 @@ ASYNC_RUNS = "docs/runs/async-tiny"
 _METRICS = ("eval/avg@k", "train/reward")
 #: The modes compared by the anchor claim: pi_old the behaviour policy, or the current one.
 ANCHOR_MODES = ("async-k2", "async-k2-anchor-current")
-_STYLE = {"sync": "-", ANCHOR_MODES[0]: "--", ANCHOR_MODES[1]: ":"}
+_STYLE = {"sync": "-", "async-k2": "--", "async-k4": "-.", ANCHOR_MODES[1]: ":"}
+#: The prefix of a mode trained at another learning rate, and that rate.
+_LR_PREFIX = re.compile(r"^lr(?P<lr>[0-9.e-]+?)-(?=sync|async)")
+DEFAULT_LR = "3e-4"
+
+
+def mode_lr(mode: str) -> str:
+    """The learning rate a mode's folder name says (``lr1e-4-async-k2`` → ``1e-4``; default 3e-4)."""
+    m = _LR_PREFIX.match(mode)
+    return m.group("lr") if m else DEFAULT_LR
+
+
+def mode_bound(mode: str) -> int | None:
+    """The ``max_staleness`` a mode's folder name says (``async-k2`` → 2; ``sync`` → None)."""
+    m = re.search(r"async-k(\d+)", mode)
+    return int(m.group(1)) if m else None
+
+
 _BAND_RESAMPLES = 2_000
 
 
@@ -73,24 +93,32 @@ def _label(group: str) -> str:
 
 
 def _plot(d, params):
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    rates = sorted({mode_lr(g.split("|")[1]) for g in _by_group(d)}, key=float, reverse=True)
+    fig, axes = plt.subplots(len(rates), 3, figsize=(14, 4.2 * len(rates)), squeeze=False)
+    for row, lr in zip(axes, rates):
+        groups = {g: runs for g, runs in _by_group(d).items() if mode_lr(g.split("|")[1]) == lr}
+        _plot_row(row, d, groups, f"lr {lr}")
+    fig.tight_layout()
+    return fig
+
+
+def _plot_row(axes, d, groups, title):
     for ax, metric in zip(axes, _METRICS):
-        for group, runs in _by_group(d).items():
+        for group, runs in groups.items():
             alg, mode = group.split("|")
             color = ALGORITHM_COLORS.get(_NAMES.get(alg, alg))
             steps, values = _curves(d, runs, metric)
             bands = [bootstrap_mean(v, resamples=_BAND_RESAMPLES) for v in values.T]
-            style = _STYLE.get(mode, "-.")
+            style = _STYLE.get(_LR_PREFIX.sub("", mode), "-.")
             label = f"{_label(group)} ({len(runs)} seeds)"
             ax.plot(steps, values.mean(axis=0), style, lw=1.6, color=color, label=label)
             ax.fill_between(steps, [b.low for b in bands], [b.high for b in bands], color=color, alpha=0.15)
-        ax.set_title(
-            {"eval/avg@k": "held-out avg@k", "train/reward": "training reward (trailing mean)"}[metric]
-        )
+        name = {"eval/avg@k": "held-out avg@k", "train/reward": "training reward (trailing mean)"}[metric]
+        ax.set_title(f"{title}: {name}")
         ax.set_xlabel("global step")
-    axes[0].legend(loc="best", fontsize=8)
+    axes[0].legend(loc="best", fontsize=7)
     ax = axes[2]
-    lagging = [(g, runs) for g, runs in _by_group(d).items() if all(f"{r}/lag_hist" in d for r in runs)]
+    lagging = [(g, runs) for g, runs in groups.items() if all(f"{r}/lag_hist" in d for r in runs)]
     width = 0.8 / max(1, len(lagging))
     longest = 0
     for i, (group, runs) in enumerate(lagging):
@@ -100,16 +128,14 @@ def _plot(d, params):
         alg, mode = group.split("|")
         color = ALGORITHM_COLORS.get(_NAMES.get(alg, alg))
         x = np.arange(len(share)) - 0.4 + (i + 0.5) * width
-        hatch = "//" if mode == ANCHOR_MODES[1] else None
+        hatch = {ANCHOR_MODES[1]: "//", "async-k4": ".."}.get(_LR_PREFIX.sub("", mode))
         ax.bar(x, share, width, color=color, hatch=hatch, edgecolor="white", label=_label(group))
     ax.set_xticks(range(longest))
-    ax.set_title("lag of the trained batches (versions)")
+    ax.set_title(f"{title}: lag of the trained batches (versions)")
     ax.set_xlabel("lag")
     ax.set_ylabel("share of steps")
     if lagging:
-        ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    return fig
+        ax.legend(loc="best", fontsize=7)
 
 
 def _finals(d, runs):
@@ -126,14 +152,17 @@ def _caption(d, params):
             + (f", gain over the run {gain}" if gain is not None else "")
         )
     for alg in sorted({g.split("|")[0] for g in groups}):
-        sync = groups.get(f"{alg}|sync")
         for g, runs in groups.items():
-            if g.startswith(f"{alg}|") and g != f"{alg}|sync" and sync:
+            mode = g.split("|")[1]
+            prefix = _LR_PREFIX.match(mode)
+            reference = f"{alg}|{prefix.group(0) if prefix else ''}sync"
+            sync = groups.get(reference)
+            if g.startswith(f"{alg}|") and mode_bound(mode) is not None and sync:
                 diff = bootstrap_difference(_finals(d, runs), _finals(d, sync))
                 verdict = (
                     "(the interval excludes 0)" if diff.excludes_zero() else "(not separated by these seeds)"
                 )
-                parts.append(f"{_label(g)} − synchronous: {diff} {verdict}")
+                parts.append(f"{_label(g)} − {_label(reference)}: {diff} {verdict}")
     lags = [
         f"{_label(g)} mean lag {np.mean([d[f'{r}/lags'].mean() for r in runs]):.2f}"
         for g, runs in groups.items()
@@ -156,14 +185,17 @@ def _gain(d, runs):
 
 
 def _claims(d, params):
-    """The lag bound for every asynchronous run; the synchronous runs learn (the reference); and
-    under the same lag, PMD-mean anchored at the current policy ends above PMD-mean anchored at
-    the behaviour policy. The asynchronous runs' own gains are stated in the caption, not claimed."""
+    """The lag bound for every asynchronous run (the bound its folder's name says); the synchronous
+    runs learn (the reference); the modes in ``params["learning_modes"]`` learn for every algorithm;
+    and under the same lag, PMD-mean anchored at the current policy ends above PMD-mean anchored at
+    the behaviour policy. Other asynchronous runs' gains are stated in the caption, not claimed."""
     claims = []
     groups = _by_group(d)
+    learning = set(params.get("learning_modes", ()))
     for group, runs in groups.items():
         gain = _gain(d, runs)
-        if group.endswith("|sync") and gain is not None:
+        mode = group.split("|")[1]
+        if (mode.endswith("sync") or mode in learning) and gain is not None:
             claims.append(
                 Claim(
                     f"{_label(group)} raises held-out avg@k over {len(runs)} seeds "
@@ -174,7 +206,7 @@ def _claims(d, params):
             )
         for run in runs:
             if f"{run}/lag_hist" in d:
-                bound = params["max_staleness"]
+                bound = mode_bound(mode)
                 hist = d[f"{run}/lag_hist"]
                 claims.append(
                     Claim(
@@ -205,6 +237,8 @@ def _missing(d):
 
 
 _LOGS, _DIGEST = committed_logs()
+#: The asynchronous modes claimed to learn (both algorithms' gain intervals above 0).
+LEARNING_MODES = ["lr1e-4-async-k2"]
 
 register(
     Figure(
@@ -212,10 +246,11 @@ register(
         title="Asynchronous against synchronous training: PMD-mean and GRPO over seeds",
         shows=(
             "Held-out avg@k and training reward of PMD-mean and GRPO trained synchronously and with "
-            "rollouts lagging up to 2 versions, over seeds, and the lag histogram, from the committed logs."
+            "rollouts lagging up to 2 or 4 versions, at learning rates 3e-4 and 1e-4, over seeds, and the "
+            "lag histogram, from the committed logs."
         ),
-        full={"logs": _LOGS, "digest": _DIGEST, "max_staleness": 2},
-        quick={"logs": _LOGS, "digest": _DIGEST, "max_staleness": 2},
+        full={"logs": _LOGS, "digest": _DIGEST, "learning_modes": LEARNING_MODES},
+        quick={"logs": _LOGS, "digest": _DIGEST, "learning_modes": LEARNING_MODES},
         compute=_compute,
         plot=_plot,
         caption=_caption,

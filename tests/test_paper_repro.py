@@ -227,7 +227,10 @@ def test_the_async_figure_compares_modes_and_checks_the_lag_bound(tmp_path, lags
     params = {"logs": logs, "max_staleness": 2}
     d = fig.compute(params, 0)
     caption = fig.caption(d, params)
-    assert "PMD-mean async-k2 − synchronous: -0.250" in caption and "(the interval excludes 0)" in caption
+    assert (
+        "PMD-mean async-k2 − PMD-mean synchronous: -0.250" in caption
+        and "(the interval excludes 0)" in caption
+    )
     assert (
         "PMD-mean async-k2: final avg@k 0.350 [0.300, 0.400], gain over the run 0.250 [0.200, 0.300]"
         in caption
@@ -257,10 +260,23 @@ def test_the_async_figure_reads_the_committed_logs():
     fig = FIGURES_IN_ORDER["llm_async"]
     d = fig.compute(fig.params(quick=True), 0)
     groups = [str(g) for g in d["groups"]]
-    modes = ("sync", "async-k2", "async-k2-anchor-current")
-    assert sorted(set(groups)) == sorted(f"{a}|{m}" for a in ("pmd_mean", "grpo") for m in modes)
+    modes = (
+        "sync",
+        "async-k2",
+        "async-k2-anchor-current",
+        "lr1e-4-sync",
+        "lr1e-4-async-k2",
+        "lr1e-4-async-k4",
+    )
+    expected = {f"{a}|{m}" for a in ("pmd_mean", "grpo") for m in modes}
+    assert expected <= set(groups)
     assert all(groups.count(g) >= 3 for g in set(groups))
-    assert all(c.passed for c in fig.claims(d, fig.params(quick=True)) if "lags at most" in c.statement)
+    claims = fig.claims(d, fig.params(quick=True))
+    bounds = [c for c in claims if "lags at most" in c.statement]
+    assert len(bounds) >= 4 * 6 and all(c.passed for c in bounds)
+    assert any("max_staleness=4" in c.statement for c in bounds)
+    learning = [c for c in claims if "lr1e-4-async-k2 raises held-out avg@k" in c.statement]
+    assert len(learning) == 2  # both algorithms claimed to learn under a lag of 2 at lr 1e-4
 
 
 @pytest.mark.parametrize("gap, holds", [(0.0, True), (0.01, False)])
