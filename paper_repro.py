@@ -102,12 +102,12 @@ def main(argv: list[str] | None = None) -> int:
         read(logs)
         if not logs and not args.no_llm_training:
             tqdm.write(
-                "llm: no metrics logs; training PMD-mean and GRPO on the embedded task (CPU), "
-                "one progress bar per run (step, reward, held-out avg@k)",
+                "llm: no metrics logs; training PMD-mean and GRPO over seeds on the embedded task (CPU), "
+                "one run per core at a time",
                 file=sys.stdout,
             )
             try:
-                run_comparison(os.path.join(args.out, "llm"), args.seed, args.quick, progress=True)
+                run_comparison(os.path.join(args.out, "llm"), args.seed, args.quick)
             except ModuleNotFoundError as e:
                 tqdm.write(
                     f"llm: cannot train ({e}); install the llm extra: pip install -e '.[llm]'",

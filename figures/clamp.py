@@ -38,7 +38,7 @@ def _compute(params, seed):
     out = {"taus": np.array(params["taus"], dtype=float)}
     for tau in params["taus"]:
         algorithms = {v: Algorithm("pmd_part", tau=tau, baseline=b) for v, b in _VARIANTS.items()}
-        res = training_dynamics(base, algorithms, seeds=seeds)
+        res = training_dynamics(base, algorithms, seeds=seeds, workers=params.get("workers"))
         out["steps"] = res["steps"]
         for v, metrics in res["runs"]["base"].items():
             out[f"{tau}/{v}/success"] = metrics["success_mean"]
@@ -116,7 +116,7 @@ register(
         title="The authors' clamped leave-one-out partition against the exact one (PMD-part, bandits)",
         shows="Success vs step of PMD-part with the exact and the clamped leave-one-out partition baseline.",
         full={**_COMMON, "prompts": 64, "responses": 32, "steps": 60, "seeds": 5},
-        quick={**_COMMON, "prompts": 16, "responses": 8, "steps": 8, "seeds": 3},
+        quick={**_COMMON, "prompts": 16, "responses": 8, "steps": 8, "seeds": 3, "workers": 1},
         compute=_compute,
         plot=_plot,
         caption=_caption,

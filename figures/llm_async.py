@@ -30,9 +30,9 @@ from .style import ALGORITHM_COLORS, plt
 #: The committed runs: ``<mode>/<algorithm>-seed<s>/metrics.jsonl``.
 ASYNC_RUNS = "docs/runs/async-tiny"
 _METRICS = ("eval/avg@k", "train/reward")
-#: The modes compared by the anchor claim: pi_old the behaviour policy, or the current one.
-ANCHOR_MODES = ("async-k2", "async-k2-anchor-current")
-_STYLE = {"sync": "-", "async-k2": "--", "async-k4": "-.", ANCHOR_MODES[1]: ":"}
+#: A mode anchored at the current policy is its behaviour-anchored mode's name plus this.
+ANCHOR_SUFFIX = "-anchor-current"
+_STYLE = {"sync": "-", "async-k2": "--", "async-k4": "-."}
 #: The prefix of a mode trained at another learning rate, and that rate.
 _LR_PREFIX = re.compile(r"^lr(?P<lr>[0-9.e-]+?)-(?=sync|async)")
 DEFAULT_LR = "3e-4"
@@ -109,7 +109,7 @@ def _plot_row(axes, d, groups, title):
             color = ALGORITHM_COLORS.get(_NAMES.get(alg, alg))
             steps, values = _curves(d, runs, metric)
             bands = [bootstrap_mean(v, resamples=_BAND_RESAMPLES) for v in values.T]
-            style = _STYLE.get(_LR_PREFIX.sub("", mode), "-.")
+            style = ":" if mode.endswith(ANCHOR_SUFFIX) else _STYLE.get(_LR_PREFIX.sub("", mode), "-.")
             label = f"{_label(group)} ({len(runs)} seeds)"
             ax.plot(steps, values.mean(axis=0), style, lw=1.6, color=color, label=label)
             ax.fill_between(steps, [b.low for b in bands], [b.high for b in bands], color=color, alpha=0.15)
@@ -128,7 +128,7 @@ def _plot_row(axes, d, groups, title):
         alg, mode = group.split("|")
         color = ALGORITHM_COLORS.get(_NAMES.get(alg, alg))
         x = np.arange(len(share)) - 0.4 + (i + 0.5) * width
-        hatch = {ANCHOR_MODES[1]: "//", "async-k4": ".."}.get(_LR_PREFIX.sub("", mode))
+        hatch = "//" if mode.endswith(ANCHOR_SUFFIX) else {"async-k4": ".."}.get(_LR_PREFIX.sub("", mode))
         ax.bar(x, share, width, color=color, hatch=hatch, edgecolor="white", label=_label(group))
     ax.set_xticks(range(longest))
     ax.set_title(f"{title}: lag of the trained batches (versions)")
@@ -215,18 +215,22 @@ def _claims(d, params):
                         f"lags {sorted(set(d[f'{run}/lags'].tolist()))}",
                     )
                 )
-    behaviour, current = groups.get(f"pmd_mean|{ANCHOR_MODES[0]}"), groups.get(f"pmd_mean|{ANCHOR_MODES[1]}")
-    if behaviour and current and len(behaviour) > 1 and len(current) > 1:
-        diff = bootstrap_difference(_finals(d, current), _finals(d, behaviour))
-        claims.append(
-            Claim(
-                "under the same lag, PMD-mean anchored at the current policy (old_source=current) ends "
-                "above PMD-mean anchored at the behaviour policy (the 95% interval of the difference "
-                "in final avg@k lies above 0)",
-                bool(diff.low > 0),
-                f"difference {diff}",
+    for mode in sorted({g.split("|")[1] for g in groups}):
+        if not mode.endswith(ANCHOR_SUFFIX):
+            continue
+        behaviour_mode = mode[: -len(ANCHOR_SUFFIX)]
+        behaviour, current = groups.get(f"pmd_mean|{behaviour_mode}"), groups.get(f"pmd_mean|{mode}")
+        if behaviour and current and len(behaviour) > 1 and len(current) > 1:
+            diff = bootstrap_difference(_finals(d, current), _finals(d, behaviour))
+            claims.append(
+                Claim(
+                    f"under the same lag ({behaviour_mode}), PMD-mean anchored at the current policy "
+                    "(old_source=current) ends above PMD-mean anchored at the behaviour policy (the 95% "
+                    "interval of the difference in final avg@k lies above 0)",
+                    bool(diff.low > 0),
+                    f"difference {diff}",
+                )
             )
-        )
     return claims
 
 

@@ -324,6 +324,7 @@ QUICK = {
     "responses": 8,
     "steps": 6,
     "seeds": 2,
+    "workers": 1,
 }
 
 for _name, _title, _shows, _plot, _caption, _claims in (

@@ -31,3 +31,27 @@ def test_the_gpu_recipe_reads_math_data(tmp_path):
         TrainConfig, ["--config", str(RECIPES / "math-gpu.yaml"), f"model={model}", f"task.data={data}"]
     )
     assert cfg.task.eval_data == "math500" and cfg.dtype == "bfloat16" and cfg.sampling.max_new_tokens == 1024
+
+
+def test_the_authors_recipe_sets_their_loss_and_schedule():
+    cfg = parse(TrainConfig, ["--config", str(RECIPES / "authors-pmd.yaml")])
+    a = cfg.algorithm
+    assert (a.name, a.tau, a.tau_scaled, a.resolved_aggregation) == (
+        "pmd_mean",
+        0.01,
+        True,
+        "seq_mean_token_mean",
+    )
+    assert cfg.task.reward_values == "signed" and cfg.minibatches == 16
+    part = parse(
+        TrainConfig,
+        [
+            "--config",
+            str(RECIPES / "authors-pmd.yaml"),
+            "algorithm.name=pmd_part",
+            "algorithm.baseline=leave_one_out_partition_clamped",
+        ],
+    )
+    assert (
+        part.algorithm.resolved_baseline == "leave_one_out_partition_clamped" and part.algorithm.tau == 0.01
+    )

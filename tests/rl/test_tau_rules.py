@@ -119,3 +119,14 @@ def test_bandit_trainer_with_the_std_rule_reaches_each_prompts_population_update
         tv_fixed.append(0.5 * np.abs(pi1[x] - fixed[0]).sum())
     assert max(tv_rule) < 0.02
     assert min(tv_fixed) > 0.05  # the rule's update is far from the fixed-tau one: the match is not vacuous
+
+
+def test_the_llm_and_bandit_command_lines_take_the_rule():
+    from pmdlab.bandit import BanditConfig
+    from pmdlab.llm.train import TrainConfig
+    from pmdlab.rl.config import parse
+
+    assert parse(TrainConfig, ["algorithm.tau_rule=std"]).algorithm.tau_rule == "std"
+    with pytest.raises(ValueError, match="tau_rule"):
+        parse(TrainConfig, ["algorithm.name=grpo", "algorithm.tau_rule=std"])
+    assert BanditConfig(algorithm=Algorithm("pmd_mean", tau_rule="std")).algorithm.tau_rule == "std"
