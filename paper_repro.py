@@ -46,15 +46,15 @@ def _llm_logs(args) -> tuple[list[str], str]:
 
 
 #: Seconds each part took from an empty cache on 2 CPU cores (the full and the quick parameters).
-_MEASURED_S = {"full": {"llm": 280, "other": 190}, "quick": {"llm": 35, "other": 40}}
+_MEASURED_S = {"full": {"llm": 290, "other": 240}, "quick": {"llm": 50, "other": 30}}
 
 
 def _expected_time(names: list[str], quick: bool, trains: bool) -> str:
     """What the run will cost, from :data:`_MEASURED_S` (cached numbers make it seconds); ``trains``:
-    figure 8 trains its two LLM runs (no metrics logs were given)."""
+    figure 8 trains its LLM runs (no metrics logs were given)."""
     cost = _MEASURED_S["quick" if quick else "full"]
     seconds = cost["other"] + (cost["llm"] if trains else 0)
-    llm = f", of which about {cost['llm']} s train the two LLM runs of figure 8" if trains else ""
+    llm = f", of which about {cost['llm']} s train the LLM runs of figure 8" if trains else ""
     return (
         f"expected: about {seconds / 60:.0f} min on 2 CPU cores from an empty cache{llm}; "
         "seconds when the numbers are cached"

@@ -33,6 +33,7 @@ def _compute(params, seed):
         n=params["n"],
         minibatches=params["minibatches"],
         lr=params["lr"],
+        dtype=params["dtype"],
     )
     seeds = [seed + s for s in range(params["seeds"])]
     out = {"taus": np.array(params["taus"], dtype=float)}
@@ -98,8 +99,8 @@ def _claims(d, params):
             claims.append(
                 Claim(
                     f"at τ = {tau:g} the clamp is never reached and both baselines train the same policy "
-                    "(largest success difference below 1e-4: float32 rounding of two formulas only)",
-                    gap < 1e-4,
+                    "(largest success difference below 1e-6: rounding of two formulas only)",
+                    gap < 1e-6,
                     f"largest difference {gap:.1e}",
                 )
             )
@@ -108,7 +109,9 @@ def _claims(d, params):
     return claims
 
 
-_COMMON = {"taus": [0.01, 0.03, 1.0], "n": 8, "minibatches": 16, "lr": 0.05}
+#: float64: the two formulas round differently, and over 60 steps of 16 minibatch steps float32's
+#: rounding differences grow to 1e-3 in success, which would hide whether the runs are the same.
+_COMMON = {"taus": [0.01, 0.03, 1.0], "n": 8, "minibatches": 16, "lr": 0.05, "dtype": "float64"}
 
 register(
     Figure(
