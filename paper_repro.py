@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = os.path.join(args.out, "cache")
     start = time.perf_counter()
     sections, failures = [], []
+    trained = None  # (runs, seconds) of figure 8's CPU comparison, when this run trained it
 
     if "llm" in names:  # check the logs before any long computation
         logs, digest = _llm_logs(args)
@@ -107,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stdout,
             )
             try:
-                run_comparison(os.path.join(args.out, "llm"), args.seed, args.quick)
+                began = time.perf_counter()
+                runs = run_comparison(os.path.join(args.out, "llm"), args.seed, args.quick)
+                trained = (len(runs), time.perf_counter() - began)
             except ModuleNotFoundError as e:
                 tqdm.write(
                     f"llm: cannot train ({e}); install the llm extra: pip install -e '.[llm]'",
@@ -152,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     bar.close()
 
     total = time.perf_counter() - start
-    report = _report(args, argv, outcomes, verify_info, sections, total)
+    report = _report(args, argv, outcomes, verify_info, sections, total, trained)
     path = os.path.join(args.out, "REPORT.md")
     with open(path, "w") as f:
         f.write(report)
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _report(args, argv, outcomes, verify_info, sections, total) -> str:
+def _report(args, argv, outcomes, verify_info, sections, total, trained=None) -> str:
     cmd = "python paper_repro.py" + (
         "" if not argv and len(sys.argv) < 2 else " " + " ".join(argv if argv is not None else sys.argv[1:])
     )
@@ -219,7 +222,7 @@ def _report(args, argv, outcomes, verify_info, sections, total) -> str:
         how = "read from cache, computed" if s["info"]["cached"] else "computed"
         lines += [f"Parameters: `{json.dumps(s['params'])}`; {how} in {s['info']['seconds']:.1f} s.", ""]
     lines += _paper_claims_section(sections)
-    lines += _budget_section(sections, total)
+    lines += _budget_section(sections, total, trained)
     lines += ["## Library versions", "", "| library | version |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in library_versions().items()]
     return "\n".join(lines) + "\n"
@@ -245,8 +248,8 @@ def _paper_claims_section(sections) -> list[str]:
     return lines + [""]
 
 
-def _budget_section(sections, total) -> list[str]:
-    """What the numbers cost: seeds, steps and seconds per figure."""
+def _budget_section(sections, total, trained=None) -> list[str]:
+    """What the numbers cost: seeds, steps and seconds per figure, and figure 8's training."""
     lines = [
         "## Budget",
         "",
@@ -260,6 +263,12 @@ def _budget_section(sections, total) -> list[str]:
         p = s["params"]
         seeds = "none (exact)" if s["figure"].name in EXACT_FIGURES else p.get("seeds", "see caption")
         lines.append(f"| {s['figure'].name} | {seeds} | {p.get('steps', '—')} | {s['info']['seconds']:.1f} |")
+    if trained:
+        lines += [
+            "",
+            f"Before these, figure 8's CPU comparison trained {trained[0]} runs in {trained[1]:.0f} s "
+            "(its seeds and steps are in its caption).",
+        ]
     return lines + [""]
 
 

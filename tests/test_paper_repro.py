@@ -40,6 +40,10 @@ def test_quick_run_writes_every_figure_and_the_report(quick_run):
         assert f"![{name}]({name}.png)" in report
     assert "**Not drawn:**" not in report
     assert "FAILED" not in report
+    # What the report owns up to: the paper's claims with verdicts, what it cannot test, its budget.
+    assert "## The paper's claims" in report and "Not tested here, and why:" in report
+    assert report.count("reproduced") >= 5 and "## Budget" in report
+    assert "figure 8's CPU comparison trained 4 runs" in report
 
 
 def test_update_map_numbers(quick_run):
