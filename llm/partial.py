@@ -7,7 +7,10 @@ over, all for at most ``partial_tokens`` new tokens each, from the weights
 it has now. A response is finished at its end-of-sequence token or at
 ``max_new_tokens``; a group is finished when its ``n`` responses are. The
 batch handed to the trainer is the ``prompts`` oldest finished groups; the
-worker iterates (drawing new problems) until it has that many.
+worker iterates (drawing new problems) until it has that many. A response
+finishes within ``K = ceil(max_new_tokens / partial_tokens)`` iterations, so
+once ``K`` have run every further iteration finishes the groups started ``K``
+before it: at most ``(K + 1) * prompts`` groups are ever in progress (tested).
 
 Every token keeps the version that produced it and its ``log pi_old``
 under that version's weights (the sampler's own log-probs with

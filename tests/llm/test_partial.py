@@ -87,3 +87,25 @@ def test_take_hands_out_the_oldest_finished_groups_and_drops_stale_ones():
     assert [g.responses[0].versions for g in state.groups] == [[4], [6]]
     assert [g.responses[0].versions for g in state.take(1, floor=5)] == [[6]]
     assert state.dropped == 2 and state.groups == []  # the unfinished group became too old
+
+
+def test_groups_in_progress_stay_bounded_by_the_iterations_a_response_can_take(tmp_path):
+    """A response finishes within K = ceil(max_new_tokens / partial_tokens) iterations, so once K
+    iterations have run each further one finishes the ``prompts`` groups started K before: at most
+    (K + 1) * prompts groups are ever in progress, however many batches are drawn."""
+    from pmdlab.llm.partial import next_partial_batch
+
+    trainer = Trainer(small_config(tmp_path, sampling=SamplingConfig(max_new_tokens=5, temperature=1.5)))
+    prompts, budget = 3, 2
+    bound = (-(-5 // budget) + 1) * prompts
+    state = PartialRollouts(
+        trainer.policy, trainer.task, trainer.reward, n=2, budget=budget, old_source="trainer"
+    )
+    sizes = []
+    for step in range(12):
+        batch = next_partial_batch(
+            state, lambda: trainer.task.train_batch(prompts), prompts, step, 0, seed=step
+        )
+        assert batch["rollout"].group_ids.unique().numel() == prompts
+        sizes.append(len(state.groups))
+    assert max(sizes) <= bound and max(sizes) > 0  # some groups were carried over, never more than the bound
