@@ -250,16 +250,26 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _spawnable() -> bool:
+    """Whether worker processes can start: they re-import the main script, which must be a file
+    (not ``python -`` reading standard input)."""
+    import sys
+
+    main = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main is None or os.path.exists(main)
+
+
 def train_many(configs: Iterable[BanditConfig], workers: int | None = None) -> list[dict[str, np.ndarray]]:
-    """Train every config, in ``workers`` processes of one thread each (default: one per CPU core;
-    1: in this process), and return each run's metrics (those of :func:`training_dynamics`) in order.
+    """Train every config, in ``workers`` processes of one thread each (default: one per CPU
+    core; 1, or a main script read from standard input: in this process), and return each run's
+    metrics (those of :func:`training_dynamics`) in order.
 
     Runs are independent and each is seeded by its config, so the result does not depend on
     ``workers``.
     """
     configs = list(configs)
     workers = min(len(configs), os.cpu_count() or 1) if workers is None else workers
-    if workers <= 1 or len(configs) <= 1:
+    if workers <= 1 or len(configs) <= 1 or not _spawnable():
         return [_train_metrics(c) for c in configs]
     import multiprocessing
 

@@ -14,13 +14,13 @@ import itertools
 
 import numpy as np
 
-from pmdlab.bandit import BanditConfig, TaskConfig
 from pmdlab.bandit.experiments import train_many
 from pmdlab.rl import Algorithm
 from pmdlab.rl.stats import bootstrap_mean
 from pmdlab.rl.tau_rules import TAU_RULES, population_tau
 from pmdlab.theory import pmd_mean_step
 
+from .bandit import base_config
 from .compare import claim_above
 from .registry import Claim, Figure, register
 from .style import TAU_COLORS, plt
@@ -34,20 +34,13 @@ def _compute(params, seed):
     for rule in TAU_RULES:
         for tau in params["map_taus"]:
             out[f"map/{rule}/{tau}"] = pmd_mean_step(ps, population_tau(ps, tau, rule)).success - ps
-    base = BanditConfig(
-        policy="loglinear",
-        steps=params["steps"],
-        n=params["n"],
-        minibatches=params["minibatches"],
-        lr=params["lr"],
-        staleness=params["staleness"],
-    )
+    base = base_config(params)
     seeds = [seed + s for s in range(params["seeds"])]
     keys = list(itertools.product(TAU_RULES, params["taus"], seeds))
     configs = [
         dataclasses.replace(
             base,
-            task=TaskConfig(prompts=params["prompts"], responses=params["responses"], seed=s),
+            task=dataclasses.replace(base.task, seed=s),
             algorithm=Algorithm("pmd_mean", tau=tau, tau_rule=rule),
             seed=s,
         )

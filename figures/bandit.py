@@ -14,6 +14,20 @@ from .compare import claim_above, claim_positive, verdict
 from .registry import Claim, Figure, register
 from .style import ALGORITHM_COLORS, METHOD_STYLE, TAU_COLORS, plt
 
+#: The figure parameters a bandit run takes, by :class:`BanditConfig` field.
+_RUN_FIELDS = ("policy", "steps", "n", "minibatches", "lr", "staleness", "dtype")
+
+
+def base_config(params) -> BanditConfig:
+    """The bandit run a figure's ``params`` describe: task size (``prompts`` x ``responses``), a
+    log-linear policy unless ``policy`` says otherwise, and whichever of :data:`_RUN_FIELDS` they set."""
+    fields = {k: params[k] for k in _RUN_FIELDS if k in params}
+    return BanditConfig(
+        task=TaskConfig(prompts=params["prompts"], responses=params["responses"]),
+        **{"policy": "loglinear", **fields},
+    )
+
+
 _FIELDS = (
     "mean_abs_error",
     "q10",
@@ -160,14 +174,7 @@ _LABELS = {"pmd_mean": "PMD-mean", "pmd_part": "PMD-part", "grpo": "GRPO", "gspo
 
 
 def _dynamics(params, seed):
-    base = BanditConfig(
-        task=TaskConfig(prompts=params["prompts"], responses=params["responses"]),
-        policy=params["policy"],
-        steps=params["steps"],
-        n=params["n"],
-        minibatches=params["minibatches"],
-        lr=params["lr"],
-    )
+    base = base_config(params)
     algorithms = {
         _LABELS[a]: Algorithm(a, tau=params["tau"]) if a.startswith("pmd") else Algorithm(a)
         for a in params["algorithms"]

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pmdlab.bandit import BanditConfig, TaskConfig
 from pmdlab.bandit.experiments import training_dynamics
 from pmdlab.rl import Algorithm
 from pmdlab.rl.stats import bootstrap_difference, bootstrap_mean
 
+from .bandit import base_config
 from .registry import Claim, Figure, register
 from .style import plt
 
@@ -26,15 +26,7 @@ _COLORS = {"exact": "#1f77b4", "clamped": "#d62728"}
 
 
 def _compute(params, seed):
-    base = BanditConfig(
-        task=TaskConfig(prompts=params["prompts"], responses=params["responses"]),
-        policy="loglinear",
-        steps=params["steps"],
-        n=params["n"],
-        minibatches=params["minibatches"],
-        lr=params["lr"],
-        dtype=params["dtype"],
-    )
+    base = base_config(params)
     seeds = [seed + s for s in range(params["seeds"])]
     out = {"taus": np.array(params["taus"], dtype=float)}
     for tau in params["taus"]:

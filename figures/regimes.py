@@ -27,11 +27,12 @@ import json
 
 import numpy as np
 
-from pmdlab.bandit import BanditConfig, TaskConfig
+from pmdlab.bandit import BanditConfig
 from pmdlab.bandit.experiments import train_many
 from pmdlab.rl import Algorithm
 from pmdlab.rl.stats import bootstrap_difference, bootstrap_mean
 
+from .bandit import base_config
 from .compare import claim_above
 from .registry import Claim, Figure, register
 from .style import plt
@@ -50,16 +51,14 @@ _MEMO: dict[str, dict] = {}
 
 def grid_configs(params, seed) -> list[tuple[tuple, BanditConfig]]:
     """Every run of the grid: ``((algorithm, rewards, tau, n, staleness, seed), config)``."""
-    base = BanditConfig(
-        policy="loglinear", steps=params["steps"], minibatches=params["minibatches"], lr=params["lr"]
-    )
+    base = base_config({**params, "n": params["ns"][0]})
     seeds = [seed + s for s in range(params["seeds"])]
     out = []
     for key in itertools.product(
         ALGORITHMS, params["rewards"], params["taus"], params["ns"], params["stalenesses"], seeds
     ):
         alg, rewards, tau, n, staleness, s = key
-        task = TaskConfig(prompts=params["prompts"], responses=params["responses"], rewards=rewards, seed=s)
+        task = dataclasses.replace(base.task, rewards=rewards, seed=s)
         cfg = dataclasses.replace(
             base, task=task, algorithm=Algorithm(alg, tau=tau), n=n, staleness=staleness, seed=s
         )

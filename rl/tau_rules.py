@@ -17,7 +17,9 @@ with ``s_x`` computed from the prompt's group of rewards:
   relative to the rest; prompts near 0 or 1 get a smaller τ, a bolder step.
 
 A group whose rewards are all equal has no advantage under any τ; its ``s_x`` is
-set to 1 rather than 0.
+set to 1 rather than 0, and so is that of a group whose spread is below
+:data:`MIN_SPREAD` (rounding error, not a signal, which dividing by it would
+blow up).
 
 Because PMD-mean's baseline does not depend on τ, prompt ``x``'s regression
 ``½ ((r - r̄)/τ_x - Δ)²`` is the fixed-τ regression with advantages ``A/s_x``:
@@ -33,10 +35,12 @@ import torch
 
 from .groups import Groups
 
-__all__ = ["TAU_RULES", "population_tau", "tau_scale"]
+__all__ = ["MIN_SPREAD", "TAU_RULES", "population_tau", "tau_scale"]
 
 #: The per-prompt τ rules.
 TAU_RULES = ("fixed", "std")
+#: A group reward standard deviation at or below this is treated as no spread (``s_x = 1``).
+MIN_SPREAD = 1e-6
 
 
 def _check_rule(rule: str) -> None:
@@ -48,7 +52,7 @@ def tau_scale(rewards, groups, rule: str, weights=None) -> torch.Tensor:
     """``s_x`` of each response's prompt (one value per response): ``τ_x = τ s_x``.
 
     ``std``: ``σ_x = sqrt(Σ_j w_j (r_j - r̄)² / Σ_j w_j)`` (unweighted: the population std of
-    the group); 1 where ``σ_x = 0``.
+    the group); 1 where ``σ_x ≤`` :data:`MIN_SPREAD`.
     """
     _check_rule(rule)
     r = torch.as_tensor(rewards)
@@ -62,7 +66,7 @@ def tau_scale(rewards, groups, rule: str, weights=None) -> torch.Tensor:
     mean = g.sum(w * r) / total
     centred = r - mean[g.index]
     std = torch.sqrt(g.sum(w * centred * centred) / total)
-    return torch.where(std > 0, std, torch.ones_like(std))[g.index]
+    return torch.where(std > MIN_SPREAD, std, torch.ones_like(std))[g.index]
 
 
 def population_tau(p, tau: float, rule: str) -> np.ndarray:

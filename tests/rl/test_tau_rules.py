@@ -36,8 +36,11 @@ def test_std_scale_of_binary_rewards_is_the_bernoulli_std_of_the_success_rate(gr
     assert torch.equal(tau_scale(rewards, ids, "fixed"), torch.ones_like(rewards))
 
 
+_graded = st.integers(-30, 30).map(lambda k: k / 10)  # rewards on a grid: spreads of 0 or at least 0.05
+
+
 @given(
-    st.lists(st.lists(st.floats(-3, 3), min_size=2, max_size=8), min_size=1, max_size=5),
+    st.lists(st.lists(_graded, min_size=2, max_size=8), min_size=1, max_size=5),
     st.floats(0.1, 10),
     st.floats(-5, 5),
 )
@@ -74,6 +77,12 @@ def test_std_rule_loss_is_the_regression_at_each_prompts_own_tau():
         delta = (logprobs - old)[ids == g].sum(1).numpy()
         expected += (0.5 * ((r - r.mean()) / tau_x - delta) ** 2).sum()
     assert loss.item() == pytest.approx(expected / n, rel=1e-12)
+
+
+def test_a_spread_of_rounding_error_is_no_spread():
+    rewards = torch.tensor([1.0, 1.0 + 2e-16, 0.3, 0.7], dtype=torch.float64)
+    scale = tau_scale(rewards, torch.tensor([0, 0, 1, 1]), "std")
+    torch.testing.assert_close(scale, torch.tensor([1.0, 1.0, 0.2, 0.2], dtype=torch.float64))
 
 
 def test_population_tau():
