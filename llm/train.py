@@ -40,6 +40,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -430,13 +431,22 @@ def _postfix(record: dict) -> dict:
     return {short: f"{record[k]:.3f}" for k, short in keys.items() if k in record}
 
 
-def _rollout_worker(config: TrainConfig, ctx: distributed.Context) -> int:
+def _rollout_worker(config: TrainConfig, ctx: distributed.Context) -> NoReturn:
+    """Run a rollout rank to its end and leave the process.
+
+    The worker leaves with ``os._exit``: at interpreter exit the process group's C++ teardown can
+    abort (``terminate called without an active exception``, SIGABRT) while the trainer still holds
+    its end of the connections, and a worker has nothing left to write once its batches are sent.
+    """
     try:
         pipeline.run_worker(config, ctx)
+        code = 0
     except pipeline.WorkerDied as e:
         print(f"rollout worker rank {ctx.global_rank}: {e}", file=sys.stderr)
-        return 1
-    return 0
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
