@@ -297,7 +297,7 @@ register(
             "at small n and with staleness."
         ),
         full={**_DYNAMICS, "prompts": 128, "responses": 64, "steps": 300, "seeds": 5},
-        quick={**_DYNAMICS, "prompts": 64, "responses": 32, "steps": 60, "seeds": 2},
+        quick={**_DYNAMICS, "prompts": 32, "responses": 16, "steps": 40, "seeds": 2},
         compute=_dynamics,
         plot=_plot_dynamics,
         caption=_caption_dynamics,

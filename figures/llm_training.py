@@ -28,7 +28,7 @@ _NAMES = {"pmd_mean": "PMD-mean", "pmd_part": "PMD-part", "grpo": "GRPO", "gspo"
 #: Settings of the CPU comparison: the trainer's defaults, shortened to fit the report's budget.
 COMPARISON = {
     "full": {"steps": 300, "eval_every": 50},
-    "quick": {"steps": 60, "eval_every": 30, "eval_size": 128},
+    "quick": {"steps": 60, "eval_every": 60, "eval_size": 128},
 }
 #: Seeds per algorithm of the CPU comparison.
 COMPARISON_SEEDS = {"full": 3, "quick": 2}
