@@ -69,6 +69,7 @@ __all__ = [
     "flatten",
     "launch",
     "publish",
+    "receivers_alive",
     "run_worker",
     "unflatten_into",
 ]
@@ -126,6 +127,20 @@ def publish(model, ctx: distributed.Context) -> None:
         dist.broadcast(flat.to(ctx.device), src=0, group=ctx.publish_group)
 
 
+#: The names of the pipeline's receiving threads.
+RECEIVER_THREADS = ("weights", "batches")
+
+
+def receivers_alive() -> bool:
+    """Whether a pipeline thread may still be blocked in a collective (receiving weights or batches).
+
+    A process must not reach interpreter exit like that: the process group's C++ state is torn down
+    under the blocked call and the process aborts (``terminate called without an active exception``,
+    SIGABRT) instead of exiting with its status.
+    """
+    return any(t.name in RECEIVER_THREADS and t.is_alive() for t in threading.enumerate())
+
+
 class WeightReceiver:
     """A worker's thread that receives every published version, in order, and keeps the newest ``keep``."""
 
@@ -134,7 +149,7 @@ class WeightReceiver:
         self._store: dict[int, list[torch.Tensor]] = {}
         self._cond = threading.Condition()
         self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._receive, name="weights", daemon=True)
+        self._thread = threading.Thread(target=self._receive, name=RECEIVER_THREADS[0], daemon=True)
         self._thread.start()
 
     def _receive(self) -> None:
@@ -180,7 +195,9 @@ class BatchReceiver:
         self._ctx = ctx
         self._queue: queue.Queue = queue.Queue()
         self.error: tuple[int, BaseException] | None = None
-        self._thread = threading.Thread(target=self._receive, args=(start, stop), name="batches", daemon=True)
+        self._thread = threading.Thread(
+            target=self._receive, args=(start, stop), name=RECEIVER_THREADS[1], daemon=True
+        )
         self._thread.start()
 
     def worker_of(self, b: int) -> int:

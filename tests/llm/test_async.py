@@ -306,3 +306,19 @@ def test_old_source_current_anchors_the_loss_at_the_trained_policy_not_the_sampl
     assert all(r["loss/behaviour_kl_k3"] < 1e-9 for r in records)
     lagged = [r["loss/sampler_kl_k3"] for r in records if r["async/lag"] > 0]
     assert lagged and max(lagged) > 1e-6
+
+
+def test_receivers_alive_sees_a_blocked_receiving_thread():
+    """The check that makes a run leave with os._exit rather than abort in the process group's teardown."""
+    import threading
+
+    from pmdlab.llm.pipeline import RECEIVER_THREADS, receivers_alive
+
+    release = threading.Event()
+    assert not receivers_alive()
+    thread = threading.Thread(target=release.wait, name=RECEIVER_THREADS[1], daemon=True)
+    thread.start()
+    assert receivers_alive()
+    release.set()
+    thread.join()
+    assert not receivers_alive()
