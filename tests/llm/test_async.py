@@ -283,15 +283,22 @@ def test_under_torchrun_two_training_ranks_and_a_worker_take_the_one_process_ste
 
 
 @needs_gloo
-def test_partial_rollouts_continue_responses_with_newer_weights_within_the_lag_bound(tmp_path):
-    """One token per response per iteration (answers are up to 3): responses span versions, and
-    no trained token lags more than max_staleness."""
-    k, steps, out = 3, 16, tmp_path / "run"
-    finish(start(tmp_path, out, f"max_staleness={k}", "partial_tokens=1", steps=steps, eval_every=0))
+def test_partial_rollouts_carry_responses_and_keep_every_token_within_the_lag_bound(tmp_path):
+    """One token per response per iteration (answers are up to 3), ``fixed`` weights: batch ``s`` is
+    made by version ``max(0, s - k)`` exactly, whatever the timing. Unfinished responses are carried
+    into the next batch's iterations; once the versions advance, a carried token would lag k + 1 at
+    the step its batch is trained, so its group is dropped and counted, never trained. (Responses made
+    by several versions are trained when the worker runs less than ``k`` ahead: tests/llm/test_partial.py
+    checks their per-token log-probs.)"""
+    k, steps, out = 2, 12, tmp_path / "run"
+    extra = (f"max_staleness={k}", "partial_tokens=1", "async_weights=fixed")
+    finish(start(tmp_path, out, *extra, steps=steps, eval_every=0))
     records = records_so_far(out / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, steps + 1))
     assert all(r["async/token_lag_max"] <= r["async/lag"] <= k for r in records)
-    assert max(r["async/partial_multi_version"] for r in records) > 0
+    assert max(r["async/partial_carried"] for r in records) > 0  # responses were carried over
+    assert records[-1]["async/dropped_groups"] > 0  # ... and those that would lag k + 1 were dropped
+    assert all(r["async/partial_multi_version"] == 0 for r in records[k + 1 :])
     assert all(r["loss/optimizer_steps"] == 2 for r in records)
 
 
