@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 
@@ -253,8 +254,6 @@ def _one_thread() -> None:
 def _spawnable() -> bool:
     """Whether worker processes can start: they re-import the main script, which must be a file
     (not ``python -`` reading standard input)."""
-    import sys
-
     main = getattr(sys.modules.get("__main__"), "__file__", None)
     return main is None or os.path.exists(main)
 

@@ -12,7 +12,7 @@ from pmdlab.theory import pmd_mean_step, pmd_part_step
 
 from .compare import claim_above, claim_positive, verdict
 from .registry import Claim, Figure, register
-from .style import ALGORITHM_COLORS, METHOD_STYLE, TAU_COLORS, plt
+from .style import ALGORITHM_COLORS, METHOD_STYLE, TAU_COLORS, plot_mean_band, plt
 
 #: The figure parameters a bandit run takes, by :class:`BanditConfig` field.
 _RUN_FIELDS = ("policy", "steps", "n", "minibatches", "lr", "staleness", "dtype")
@@ -202,9 +202,7 @@ def _plot_dynamics(d, params):
         for a in d["algorithms"]:
             y = d[f"{s}/{a}/success_mean"]
             color = ALGORITHM_COLORS.get(a)
-            bands = [bootstrap_mean(col, resamples=1_000) for col in y.T]
-            ax.plot(steps, y.mean(0), color=color, lw=1.6, label=a)
-            ax.fill_between(steps, [b.low for b in bands], [b.high for b in bands], color=color, alpha=0.15)
+            plot_mean_band(ax, steps, y, color, resamples=1_000, label=a)
         ax.set_xscale("symlog", linthresh=1, linscale=0.5)
         ticks = [t for t in (0, 1, 3, 10, 30, 100, 300, 1000, 3000) if t <= steps[-1]]
         ax.set_xticks(ticks, [str(t) for t in ticks])

@@ -16,7 +16,7 @@ from pmdlab.rl.stats import bootstrap_difference, bootstrap_mean
 
 from .bandit import base_config
 from .registry import Claim, Figure, register
-from .style import plt
+from .style import plot_mean_band, plt
 
 _VARIANTS = {
     "exact": "leave_one_out_partition",
@@ -45,14 +45,8 @@ def _plot(d, params):
     for ax, tau in zip(axes[0], taus):
         for v in _VARIANTS:
             y = d[f"{tau}/{v}/success"]
-            bands = [bootstrap_mean(col, resamples=2_000) for col in y.T]
             style = "-" if v == "exact" else "--"
-            ax.plot(
-                d["steps"], y.mean(0), style, color=_COLORS[v], lw=1.6, label=f"PMD-part, {v} LOO partition"
-            )
-            ax.fill_between(
-                d["steps"], [b.low for b in bands], [b.high for b in bands], color=_COLORS[v], alpha=0.15
-            )
+            plot_mean_band(ax, d["steps"], y, _COLORS[v], style, label=f"PMD-part, {v} LOO partition")
         ax.set_title(f"τ = {tau:g}")
         ax.set_xlabel("step (policy version)")
     axes[0, 0].set_ylabel("mean success over prompts")

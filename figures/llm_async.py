@@ -25,7 +25,7 @@ from pmdlab.rl.stats import bootstrap_difference, bootstrap_mean
 
 from .llm_training import _NAMES, ROOT, _curves, _first_last
 from .registry import Claim, Figure, register
-from .style import ALGORITHM_COLORS, plt
+from .style import ALGORITHM_COLORS, plot_mean_band, plt
 
 #: The committed runs: ``<mode>/<algorithm>-seed<s>/metrics.jsonl``.
 ASYNC_RUNS = "docs/runs/async-tiny"
@@ -48,9 +48,6 @@ def mode_bound(mode: str) -> int | None:
     """The ``max_staleness`` a mode's folder name says (``async-k2`` → 2; ``sync`` → None)."""
     m = re.search(r"async-k(\d+)", mode)
     return int(m.group(1)) if m else None
-
-
-_BAND_RESAMPLES = 2_000
 
 
 def committed_logs(folder: str = ASYNC_RUNS) -> tuple[list[str], str]:
@@ -108,11 +105,9 @@ def _plot_row(axes, d, groups, title):
             alg, mode = group.split("|")
             color = ALGORITHM_COLORS.get(_NAMES.get(alg, alg))
             steps, values = _curves(d, runs, metric)
-            bands = [bootstrap_mean(v, resamples=_BAND_RESAMPLES) for v in values.T]
             style = ":" if mode.endswith(ANCHOR_SUFFIX) else _STYLE.get(_LR_PREFIX.sub("", mode), "-.")
             label = f"{_label(group)} ({len(runs)} seeds)"
-            ax.plot(steps, values.mean(axis=0), style, lw=1.6, color=color, label=label)
-            ax.fill_between(steps, [b.low for b in bands], [b.high for b in bands], color=color, alpha=0.15)
+            plot_mean_band(ax, steps, values, color, style, label=label)
         name = {"eval/avg@k": "held-out avg@k", "train/reward": "training reward (trailing mean)"}[metric]
         ax.set_title(f"{title}: {name}")
         ax.set_xlabel("global step")

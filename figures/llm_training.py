@@ -20,7 +20,7 @@ from pmdlab.rl.stats import bootstrap_difference, bootstrap_mean
 
 from .compare import claim_above
 from .registry import Claim, Figure, register
-from .style import ALGORITHM_COLORS, plt
+from .style import ALGORITHM_COLORS, plot_mean_band, plt
 
 _NAMES = {"pmd_mean": "PMD-mean", "pmd_part": "PMD-part", "grpo": "GRPO", "gspo": "GSPO", "rloo": "RLOO"}
 
@@ -92,8 +92,6 @@ def _missing(d):
 
 
 _DENSE, _WINDOW = 60, 20
-#: Resamples per point of a drawn band (the caption's intervals use :data:`pmdlab.rl.stats.RESAMPLES`).
-_BAND_RESAMPLES = 2_000
 
 
 def _moving_average(y, window):
@@ -155,11 +153,9 @@ def _plot(d, params):
                         ax.plot(x, y, marker="o", ms=2.5, lw=1.5, label=label, color=color)
                 continue
             steps, values = curves
-            bands = [bootstrap_mean(v, resamples=_BAND_RESAMPLES) for v in values.T]
             label = f"{name} ({len(runs)} seeds)"
             marker = dict(marker="o", ms=2.5) if steps.size <= _DENSE else {}
-            ax.plot(steps, values.mean(axis=0), lw=1.6, color=color, label=label, **marker)
-            ax.fill_between(steps, [b.low for b in bands], [b.high for b in bands], color=color, alpha=0.2)
+            plot_mean_band(ax, steps, values, color, alpha=0.2, label=label, **marker)
         ax.set_title(title)
         ax.set_xlabel("global step")
     axes[0, 0].legend(loc="best")
@@ -170,6 +166,14 @@ def _plot(d, params):
 def _first_last(d, run, metric):
     key = f"{run}/{metric}/value"
     return (float(d[key][0]), float(d[key][-1])) if key in d and len(d[key]) else None
+
+
+def _finals(d) -> dict[str, list[float]]:
+    """Per algorithm, each run's last held-out avg@k."""
+    return {
+        alg: [p[1] for p in (_first_last(d, run, "eval/avg@k") for run in runs) if p is not None]
+        for alg, runs in _by_algorithm(d).items()
+    }
 
 
 def _caption(d, params):
@@ -184,10 +188,7 @@ def _caption(d, params):
             elif pairs:
                 first, last = bootstrap_mean([p[0] for p in pairs]), bootstrap_mean([p[1] for p in pairs])
                 parts.append(f"{name} {metric} {first} → {last} ({len(pairs)} seeds)")
-    finals = {
-        alg: [p[1] for p in (_first_last(d, run, "eval/avg@k") for run in runs) if p is not None]
-        for alg, runs in groups.items()
-    }
+    finals = _finals(d)
     reference = next(iter(finals), None)
     for alg, values in finals.items():
         if alg != reference and len(values) > 1 and len(finals[reference]) > 1:
@@ -237,10 +238,7 @@ def _claims(d, params):
                 f"gain {gain}",
             )
         )
-    finals = {
-        alg: [p[1] for p in (_first_last(d, run, "eval/avg@k") for run in runs) if p is not None]
-        for alg, runs in _by_algorithm(d).items()
-    }
+    finals = _finals(d)
     if len(finals.get("pmd_mean", [])) > 1 and len(finals.get("grpo", [])) > 1:
         claims.append(
             claim_above(

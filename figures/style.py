@@ -5,12 +5,15 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["ALGORITHM_COLORS", "METHOD_STYLE", "TAU_COLORS", "plt", "save"]
+from pmdlab.rl.stats import bootstrap_mean  # noqa: E402
+
+__all__ = ["ALGORITHM_COLORS", "METHOD_STYLE", "TAU_COLORS", "plot_mean_band", "plt", "save"]
 
 plt.rcParams.update(
     {
@@ -38,6 +41,16 @@ ALGORITHM_COLORS = {
     "GSPO": "#e09f3e",
     "RLOO": "#3a7d44",
 }
+
+
+def plot_mean_band(ax, x, values, color, style="-", alpha=0.15, resamples=2_000, **line):
+    """``values[seed, point]`` drawn as their mean over seeds (a line, ``**line`` passed on) and the
+    95% percentile bootstrap interval of that mean at each point (a band; ``resamples`` per point,
+    fewer than the captions' intervals use, as a band has one per point)."""
+    values = np.asarray(values)
+    bands = [bootstrap_mean(col, resamples=resamples) for col in values.T]
+    ax.plot(x, values.mean(axis=0), style, color=color, lw=1.6, **line)
+    ax.fill_between(x, [b.low for b in bands], [b.high for b in bands], color=color, alpha=alpha)
 
 
 def save(fig, out_dir: str, name: str) -> list[str]:

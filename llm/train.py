@@ -444,9 +444,14 @@ def _rollout_worker(config: TrainConfig, ctx: distributed.Context) -> NoReturn:
     except pipeline.WorkerDied as e:
         print(f"rollout worker rank {ctx.global_rank}: {e}", file=sys.stderr)
         code = 1
+    _leave(code)
+
+
+def _leave(status: int) -> NoReturn:
+    """Exit with ``status`` at once, without the interpreter's teardown (see :func:`_rollout_worker`)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    os._exit(status)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -493,7 +498,5 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     status = main()
     if pipeline.receivers_alive():  # leave without the teardown that would abort under them
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
+        _leave(status)
     raise SystemExit(status)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .groups import Groups
+from .groups import _rewards, mean_baseline
 
 __all__ = ["MIN_SPREAD", "TAU_RULES", "population_tau", "tau_scale"]
 
@@ -55,18 +55,12 @@ def tau_scale(rewards, groups, rule: str, weights=None) -> torch.Tensor:
     the group); 1 where ``σ_x ≤`` :data:`MIN_SPREAD`.
     """
     _check_rule(rule)
-    r = torch.as_tensor(rewards)
-    if not torch.is_floating_point(r):
-        r = r.to(torch.get_default_dtype())
+    r = _rewards(rewards)
     if rule == "fixed":
         return torch.ones_like(r)
-    g = groups if isinstance(groups, Groups) else Groups.from_ids(groups)
-    w = torch.ones_like(r) if weights is None else torch.as_tensor(weights, dtype=r.dtype)
-    total = g.sum(w)
-    mean = g.sum(w * r) / total
-    centred = r - mean[g.index]
-    std = torch.sqrt(g.sum(w * centred * centred) / total)
-    return torch.where(std > MIN_SPREAD, std, torch.ones_like(std))[g.index]
+    centred = r - mean_baseline(r, groups, weights)
+    std = torch.sqrt(mean_baseline(centred * centred, groups, weights))  # the group mean of (r - r̄)²
+    return torch.where(std > MIN_SPREAD, std, torch.ones_like(std))
 
 
 def population_tau(p, tau: float, rule: str) -> np.ndarray:
