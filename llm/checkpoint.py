@@ -176,6 +176,7 @@ def save(trainer) -> Path:
             "step": step,
             "nonfinite_streak": trainer.nonfinite_streak,
             "lag_counts": None if trainer.pipeline is None else trainer.pipeline.lag_counts,
+            "partial_state": None if trainer.pipeline is None else trainer.pipeline.partial_state,
             "optimizer": optimizer_state,
             "scheduler": trainer.scheduler.state_dict(),
             "rng": rng_state(),
@@ -210,6 +211,7 @@ def restore(trainer, path: Path) -> None:
     trainer.nonfinite_streak = state["nonfinite_streak"]
     if trainer.pipeline is not None and state.get("lag_counts") is not None:
         trainer.pipeline.lag_counts = list(state["lag_counts"])
+        trainer.pipeline.partial_state = state.get("partial_state")
     distributed.load_optimizer_state(trainer.model, trainer.optimizer, state["optimizer"])
     trainer.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])

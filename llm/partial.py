@@ -20,6 +20,16 @@ prompt and the response so far), so the loss's ratio for token ``t`` is
 actually sampled it. A group any of whose tokens would lag more than
 ``max_staleness`` versions at the step it is trained on is dropped and
 counted (``async/dropped_groups``).
+
+Carrying spends the lag budget: a response continued over ``K - 1`` more
+batches is trained ``K - 1`` versions after its first token was made. So a
+worker with partial rollouts samples at most ``max_staleness - (K - 1)``
+versions ahead of the trainer (:func:`sampling_lead`), and a response that
+finishes in its ``K`` iterations is trained within the bound.
+
+A worker's groups in progress travel with each batch it sends
+(:meth:`PartialRollouts.state`), so a checkpoint holds those of the last
+batch it took and ``--resume`` continues them.
 """
 
 from __future__ import annotations
@@ -35,7 +45,24 @@ from pmdlab.rl.rollout import Rollout
 from .policy import response_mask
 from .rollouts import batch_stats
 
-__all__ = ["PartialRollouts", "Response"]
+__all__ = ["PartialRollouts", "Response", "next_partial_batch", "sampling_lead"]
+
+
+def sampling_lead(max_staleness: int, max_new_tokens: int, partial_tokens: int) -> int:
+    """How many versions ahead of the trainer a rollout worker samples: batch ``b`` comes from a
+    version ``>= b - lead``.
+
+    ``lead = k`` without partial rollouts (``partial_tokens = 0``); with them
+    ``lead = max(0, k - (K - 1))``, ``K = ceil(max_new_tokens / partial_tokens)``: a response started
+    while making batch ``b0`` (version ``>= b0 - lead``) and finished ``K - 1`` batches later lags at
+    most ``lead + K - 1 <= k`` versions at the step it is trained. With ``k < K - 1`` the worker
+    samples from the trainer's newest weights (lead 0) and responses that take more than ``k + 1``
+    batches are dropped.
+    """
+    if partial_tokens == 0:
+        return max_staleness
+    iterations = -(-max_new_tokens // partial_tokens)
+    return max(0, max_staleness - (iterations - 1))
 
 
 @dataclass
@@ -74,6 +101,18 @@ class PartialRollouts:
         self.budget, self.old_source = budget, old_source
         self.groups: list[Group] = []
         self.dropped = 0
+
+    def state(self) -> dict:
+        """The groups in progress and the drop count, as plain data (what a checkpoint holds)."""
+        return {
+            "groups": [(g.problem, [dataclasses.asdict(r) for r in g.responses]) for g in self.groups],
+            "dropped": self.dropped,
+        }
+
+    def set_state(self, state: dict) -> None:
+        """Continue from :meth:`state`."""
+        self.groups = [Group(p, [Response(**r) for r in rs]) for p, rs in state["groups"]]
+        self.dropped = state["dropped"]
 
     def start(self, problems: list) -> None:
         """New groups for ``problems``, behind those in progress."""

@@ -19,18 +19,20 @@ The protocol, all on ``torch.distributed`` (no sockets or queues of our own):
   by worker ``b mod rollout_ranks`` and received in order on a background
   thread (:class:`BatchReceiver`);
 * **bounded lag**: a worker makes batch ``b`` only from a version
-  ``v >= b - max_staleness``, waiting for it if need be (``perf/weight_wait_s``),
-  so every trained batch lags at most ``max_staleness`` versions. With
-  ``async_weights=latest`` it takes the newest version it has (the lag
-  depends on timing); with ``fixed`` exactly ``max(0, b - max_staleness)``,
-  which makes the run deterministic: with ``max_staleness=0`` it is the
-  synchronous run, weight for weight;
+  ``v >= b - lead``, waiting for it if need be (``perf/weight_wait_s``), so
+  every trained batch lags at most ``max_staleness`` versions. The lead is
+  ``max_staleness``, less what carrying partial rollouts needs
+  (:func:`.partial.sampling_lead`). With ``async_weights=latest`` it takes
+  the newest version it has (the lag depends on timing); with ``fixed``
+  exactly ``max(0, b - lead)``, which makes the run deterministic: with
+  ``max_staleness=0`` it is the synchronous run, weight for weight;
 * **pi_old** of a batch is computed by the worker that sampled it, with the
   weights that sampled it (:func:`.rollouts.generate_batch`);
 * **checkpoints** hold the batches received and not yet trained on (with
-  ``fixed``, first every batch up to ``step + max_staleness - 1``, which
-  come from versions older than the checkpoint's), and the data position
-  after the last of them; ``--resume`` starts the workers after it.
+  ``fixed``, first every batch up to ``step + lead - 1``, which come from
+  versions older than the checkpoint's), and the data position after the
+  last of them, with partial rollouts the worker's responses in progress at
+  that point; ``--resume`` starts the workers there.
 
 Faults: a worker that dies makes the trainer's next receive or broadcast
 fail; the trainer raises :class:`WorkerDied` naming it. A worker whose
@@ -57,7 +59,7 @@ import torch.distributed as dist
 from pmdlab.rl.rollout import Rollout
 
 from . import build, distributed
-from .partial import PartialRollouts, next_partial_batch
+from .partial import PartialRollouts, next_partial_batch, sampling_lead
 from .policy import LMPolicy
 from .rollouts import generate_batch
 from .tasks import make_reward
@@ -261,7 +263,7 @@ def run_worker(config, ctx: distributed.Context) -> None:
     )
     params = [p for _, p in trainable(model)]
     fixed = config.async_weights == "fixed"
-    k = config.max_staleness
+    k, lead = config.max_staleness, worker_lead(config)
     receiver = WeightReceiver(params, plan["versions"], ctx, keep=k + 2 if fixed else 1)
     if plan["task_state"] is not None:
         task.set_state(plan["task_state"])
@@ -270,6 +272,8 @@ def run_worker(config, ctx: distributed.Context) -> None:
     partial = None
     if config.partial_tokens:
         partial = PartialRollouts(policy, task, reward, config.n, config.partial_tokens, old_source)
+        if plan["partial_state"] is not None:
+            partial.set_state(plan["partial_state"])
     version = None
     for b in range(plan["start"], config.steps):
         if partial is None:
@@ -277,7 +281,7 @@ def run_worker(config, ctx: distributed.Context) -> None:
             if b % ctx.world_size != ctx.rank:
                 continue
         waited = time.perf_counter()
-        v, flats = receiver.get(max(plan["versions"][0], b - k), exact=fixed)
+        v, flats = receiver.get(max(plan["versions"][0], b - lead), exact=fixed)
         waited = time.perf_counter() - waited
         if v != version:
             unflatten_into(params, flats)
@@ -293,6 +297,7 @@ def run_worker(config, ctx: distributed.Context) -> None:
                 return task.train_batch(config.prompts)
 
             batch = next_partial_batch(partial, draw, config.prompts, version, b - k, seed)
+            batch["partial_state"] = partial.state()
         batch["rollout"] = Rollout.from_dict(batch["rollout"].to_dict(), "cpu")
         batch["old"] = batch["old"].cpu()
         batch["stats"]["perf/weight_wait_s"] = waited
@@ -304,6 +309,11 @@ def run_worker(config, ctx: distributed.Context) -> None:
     receiver.join()
 
 
+def worker_lead(config) -> int:
+    """How many versions ahead of the trainer the workers sample (:func:`.partial.sampling_lead`)."""
+    return sampling_lead(config.max_staleness, config.sampling.max_new_tokens, config.partial_tokens)
+
+
 class TrainerSide:
     """Training rank 0's end of the pipeline: the plan, the weights, the batches."""
 
@@ -311,6 +321,9 @@ class TrainerSide:
         self.ctx, self.config = ctx, config
         self.batches: BatchReceiver | None = None
         self.lag_counts = [0] * (config.max_staleness + 1)
+        self.partial_state: dict | None = (
+            None  # the worker's responses in progress after the last batch taken
+        )
 
     def start(
         self, step: int, queued: int, task_state, model_path: Path, adapter: Path | None, model
@@ -323,6 +336,7 @@ class TrainerSide:
                 "start": start,
                 "versions": list(range(step, cfg.steps)) or [step],
                 "task_state": task_state if start > 0 else None,
+                "partial_state": self.partial_state if start > 0 else None,
                 "model_path": str(model_path),
                 "adapter": None if adapter is None else str(adapter),
             }
@@ -339,22 +353,28 @@ class TrainerSide:
                 f"a rollout worker (ranks {list(self.ctx.rollout_ranks)}) is gone: {e}"
             ) from None
 
-    def take(self, step: int) -> dict:
-        return self.batches.get(step)
+    def take(self, step: int, task) -> dict:
+        """Batch ``step``, received; ``task`` and the pipeline now stand where its worker stood after it."""
+        return self._accept(self.batches.get(step), task)
 
-    def drain(self, step: int, queued: int) -> list[dict]:
+    def drain(self, step: int, queued: int, task) -> list[dict]:
         """The batches already here beyond ``step + queued`` (with ``fixed`` weights: every batch
-        up to ``step + max_staleness - 1``, waiting for them)."""
+        up to ``step + lead - 1``, waiting for them), each taken as :meth:`take` does."""
         cfg, out = self.config, []
         b = step + queued
-        wanted = min(step + cfg.max_staleness, cfg.steps) if cfg.async_weights == "fixed" else b
+        wanted = min(step + worker_lead(cfg), cfg.steps) if cfg.async_weights == "fixed" else b
         while b < cfg.steps:
             batch = self.batches.get(b, block=b < wanted)
             if batch is None:
                 break
-            out.append(batch)
+            out.append(self._accept(batch, task))
             b += 1
         return out
+
+    def _accept(self, batch: dict, task) -> dict:
+        task.set_state(batch.pop("task_state"))  # the data position a checkpoint records
+        self.partial_state = batch.pop("partial_state", None)
+        return batch
 
     def count_lag(self, lag: int) -> dict[str, float]:
         """The lag of this step's batch and the histogram of lags so far."""

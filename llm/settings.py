@@ -157,11 +157,14 @@ class TrainConfig:
         max_staleness: with ``async_rollouts``, the most policy versions a trained batch may lag.
         rollout_ranks: with ``async_rollouts``, how many ranks generate (the others train).
         async_weights: ``latest`` (a worker samples from the newest weights it has received; the lag
-            varies with timing) or ``fixed`` (batch ``s`` from version ``max(0, s - max_staleness)``
-            exactly: deterministic, for reproduction and tests).
+            varies with timing) or ``fixed`` (batch ``s`` from version ``max(0, s - lead)``
+            exactly, ``lead = max_staleness`` without partial rollouts: deterministic, for
+            reproduction and tests).
         partial_tokens: with ``async_rollouts``, partial rollouts (Kimi K1.5): generate at most this
             many tokens of each response per iteration and carry unfinished ones over to newer
-            weights (0: off; :mod:`.partial`).
+            weights (0: off; :mod:`.partial`). The workers then sample at most
+            ``max_staleness - (K - 1)`` versions ahead, ``K = ceil(max_new_tokens / partial_tokens)``,
+            so carried responses are trained within the bound (:func:`.partial.sampling_lead`).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: RL steps of linear learning-rate warm-up.

@@ -186,9 +186,7 @@ class Trainer:
         """An atomic, verified checkpoint of the run so far (:func:`checkpoint.save`); asynchronous
         runs first take in the batches already received (see :mod:`.pipeline`)."""
         if self.pipeline is not None and self.ctx.main:
-            for batch in self.pipeline.drain(self.step, len(self.queue)):
-                self.task.set_state(batch["task_state"])
-                self.queue.append(batch)
+            self.queue.extend(self.pipeline.drain(self.step, len(self.queue), self.task))
         return checkpoint.save(self)
 
     # -- rollouts ------------------------------------------------------------
@@ -226,8 +224,7 @@ class Trainer:
             if self.queue:
                 batch = self.queue.popleft()
             else:
-                batch = self.pipeline.take(self.step)
-                self.task.set_state(batch["task_state"])  # the data position a checkpoint records
+                batch = self.pipeline.take(self.step, self.task)
             batch["stats"] = {
                 **batch["stats"],
                 **self.pipeline.count_lag(self.step - batch["version"]),

@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
-from pmdlab.llm.partial import Group, PartialRollouts, Response
+from pmdlab.llm.partial import Group, PartialRollouts, Response, sampling_lead
 from pmdlab.llm.policy import SamplingConfig
 from pmdlab.llm.train import Trainer
 from pmdlab.rl.rollout import Rollout
@@ -109,3 +111,49 @@ def test_groups_in_progress_stay_bounded_by_the_iterations_a_response_can_take(t
         assert batch["rollout"].group_ids.unique().numel() == prompts
         sizes.append(len(state.groups))
     assert max(sizes) <= bound and max(sizes) > 0  # some groups were carried over, never more than the bound
+
+
+def _schedule(lead: int, k: int, max_new_tokens: int, budget: int, prompts=2, batches=24):
+    """A worker's schedule, brute force: batch ``b`` sampled from version ``max(0, b - lead)``, every
+    response running to ``max_new_tokens`` (the longest a response can take), ``budget`` tokens per
+    iteration; the real :meth:`PartialRollouts.take` hands out and drops groups. Returns the largest
+    token lag among trained groups and the number dropped (a batch that never fills, every group
+    dropped before it finishes, ends the schedule)."""
+    state = PartialRollouts.__new__(PartialRollouts)
+    state.groups, state.dropped = [], 0
+    worst = 0
+    for b in range(batches):
+        version = max(0, b - lead)
+        for _ in range(max_new_tokens + 2):  # a response finishes within max_new_tokens iterations
+            if taken := state.take(prompts, floor=b - k):
+                break
+            state.groups += [Group(None, [Response([1])]) for _ in range(prompts)]
+            for g in state.groups:
+                r = g.responses[0]
+                if not r.done:
+                    count = min(budget, max_new_tokens - len(r.tokens))
+                    r.tokens += [5] * count
+                    r.versions += [version] * count
+                    r.done = len(r.tokens) == max_new_tokens
+        else:
+            return worst, state.dropped
+        worst = max(worst, max(b - g.oldest for g in taken))
+    return worst, state.dropped
+
+
+@given(k=st.integers(0, 6), max_new_tokens=st.integers(1, 9), budget=st.integers(1, 9))
+def test_sampling_lead_is_the_largest_lead_whose_carried_responses_stay_within_the_lag(
+    k, max_new_tokens, budget
+):
+    """Without partial rollouts the lead is k. With them, sampled ``lead`` ahead, the longest responses
+    are all trained within k versions when they can be (K - 1 <= k, K the iterations one takes), and
+    one version more of lead would drop some."""
+    assert sampling_lead(k, max_new_tokens, 0) == k
+    budget = min(budget, max_new_tokens)
+    lead = sampling_lead(k, max_new_tokens, budget)
+    iterations = -(-max_new_tokens // budget)
+    worst, dropped = _schedule(lead, k, max_new_tokens, budget)
+    assert worst <= k
+    assert (dropped == 0) == (iterations - 1 <= k)
+    if lead < k:
+        assert _schedule(lead + 1, k, max_new_tokens, budget)[1] > 0
