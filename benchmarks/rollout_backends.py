@@ -83,20 +83,8 @@ def main() -> None:
         )
 
     t0 = time.perf_counter()
-    if args.eager:
-        from pmdlab.llm.vllm_backend import VLLMBackend
-
-        engine = VLLMBackend(
-            str(path),
-            tokenizer,
-            dtype=str(model.dtype).removeprefix("torch."),
-            max_model_len=config.vllm_max_model_len,
-            seed=config.seed,
-            enforce_eager=True,
-        )
-    else:
-        vllm_config = dataclasses.replace(config, rollout_backend="vllm")
-        engine = build.make_backend(vllm_config, model, tokenizer, path, device)
+    vllm_config = dataclasses.replace(config, rollout_backend="vllm")
+    engine = build.make_backend(vllm_config, model, tokenizer, path, device, enforce_eager=args.eager)
     startup = time.perf_counter() - t0
     with_vllm, with_generate = policy(engine), policy()
     ids, mask = with_generate.encode(prompts)

@@ -138,8 +138,11 @@ def apply_lora(model, lora, adapter: Path | None = None, seed: int = 0):
         raise ValueError(f"lora.target_modules={lora.target_modules!r}: {e}") from None
 
 
-def make_backend(config: TrainConfig, model, tokenizer, path: Path, device: torch.device):
-    """The rollout backend: ``model.generate`` on the trained model, or a colocated vLLM engine."""
+def make_backend(
+    config: TrainConfig, model, tokenizer, path: Path, device: torch.device, enforce_eager: bool = False
+):
+    """The rollout backend: ``model.generate`` on the trained model, or a colocated vLLM engine
+    (``enforce_eager``: without its compilation and CUDA graphs)."""
     if config.rollout_backend == "vllm":
         from .vllm_backend import VLLMBackend
 
@@ -152,5 +155,6 @@ def make_backend(config: TrainConfig, model, tokenizer, path: Path, device: torc
             gpu_memory_utilization=config.vllm_memory,
             seed=config.seed,
             trust_remote_code=config.trust_remote_code,
+            enforce_eager=enforce_eager,
         )
     return GenerateBackend(distributed.unwrap(model), tokenizer)

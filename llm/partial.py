@@ -215,7 +215,7 @@ class PartialRollouts:
             "async/partial_carried": float(sum(not r.done for g in self.groups for r in g.responses)),
             "async/dropped_groups": float(self.dropped),
         }
-        rollout = Rollout.from_dict(rollout.to_dict(), device)
+        rollout = rollout.to(device)
         old = torch.tensor(right([r.old for r in responses], 0.0), device=device)
         return {"rollout": rollout, "old": old, "stats": stats, "version": int(versions[mask > 0].min())}
 

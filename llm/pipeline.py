@@ -56,8 +56,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pmdlab.rl.rollout import Rollout
-
 from . import build, distributed
 from .partial import PartialRollouts, next_partial_batch, sampling_lead
 from .policy import LMPolicy
@@ -298,7 +296,7 @@ def run_worker(config, ctx: distributed.Context) -> None:
 
             batch = next_partial_batch(partial, draw, config.prompts, version, b - k, seed)
             batch["partial_state"] = partial.state()
-        batch["rollout"] = Rollout.from_dict(batch["rollout"].to_dict(), "cpu")
+        batch["rollout"] = batch["rollout"].to("cpu")
         batch["old"] = batch["old"].cpu()
         batch["stats"]["perf/weight_wait_s"] = waited
         batch.update(step=b, task_state=task.state())

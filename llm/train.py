@@ -232,7 +232,7 @@ class Trainer:
                 "perf/batch_wait_s": time.perf_counter() - start,
             }
         batch = shard_batch(distributed.broadcast_object(batch, self.ctx), self.ctx.rank, self.ctx.world_size)
-        batch["rollout"] = Rollout.from_dict(batch["rollout"].to_dict(), self.ctx.device)
+        batch["rollout"] = batch["rollout"].to(self.ctx.device)
         batch["old"] = batch["old"].to(self.ctx.device)
         return batch
 

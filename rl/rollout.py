@@ -55,6 +55,10 @@ class Rollout:
         values = {f.name: pick(getattr(self, f.name)) for f in fields(self) if f.name != "extras"}
         return Rollout(**values, extras={k: v[index] for k, v in self.extras.items()})
 
+    def to(self, device) -> "Rollout":
+        """The rollout with every tensor on ``device``."""
+        return Rollout.from_dict(self.to_dict(), device)
+
     def to_dict(self) -> dict:
         """Every field by name (for ``torch.save``); :meth:`from_dict` inverts it."""
         return {

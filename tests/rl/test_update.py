@@ -227,3 +227,8 @@ def test_a_rollout_serialises_every_field_and_rejects_unknown_ones():
             assert torch.equal(a, b), f.name
     with pytest.raises(ValueError, match=r"unknown fields \['version'\]"):
         Rollout.from_dict({**data, "version": 3})
+    rollout.extras["prompt_mask"] = torch.ones(len(rollout), 2)
+    moved = rollout.to("meta")  # every tensor, extras included, on the new device
+    tensors = [getattr(moved, f.name) for f in dataclasses.fields(Rollout) if f.name != "extras"]
+    tensors = [t for t in tensors if isinstance(t, torch.Tensor)] + list(moved.extras.values())
+    assert len(tensors) >= 5 and all(t.device.type == "meta" for t in tensors)
