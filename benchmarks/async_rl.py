@@ -24,6 +24,10 @@ each other on some machines, which the bound does not know) and the pipeline's
 own cost per step: the asynchronous step less the slower half. With the halves on their own devices
 the bound is ``(R + U) / max(R, U)``, printed for the 2-thread times.
 
+A shared machine's speed drifts between runs, so each round's three runs are also
+compared with each other: the script prints each round's ratio and share of its own
+bound, and their means over rounds with 95% bootstrap intervals.
+
 Settings: ``embedded`` (the trainer's defaults: the tiny model, 32 prompts x 8,
 2 minibatches) and ``balanced`` (generation about half the step: 8 responses of
 up to 24 tokens to 8 two-term problems, one minibatch), or ``--config FILE``
@@ -45,6 +49,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from pmdlab.rl.stats import bootstrap_mean
 
 SETTINGS = {
     "embedded": [],
@@ -89,6 +95,11 @@ def steady(runs: list[list[dict]], warmup: int) -> dict[str, float]:
     }
 
 
+def bound_of(one: dict[str, float], two: dict[str, float]) -> float:
+    """The most overlap gains on two cores: ``(R2 + U2) / max(R1, U1)``."""
+    return (two["rollout_s"] + two["update_s"]) / max(one["rollout_s"], one["update_s"])
+
+
 def measure(name: str, base: list[str], steps: int, warmup: int, staleness: int, rounds: int, folder: Path):
     """The three runs of one setting, ``rounds`` times in turns (a machine whose speed drifts
     weighs on all three alike), then the table."""
@@ -104,8 +115,13 @@ def measure(name: str, base: list[str], steps: int, warmup: int, staleness: int,
         for v, args in variants.items():
             logs[v].append(run(args, folder / f"{name}-{v}-{i}"))
     one, two, asyn = (steady(logs[v], warmup) for v in variants)
-    bound = (two["rollout_s"] + two["update_s"]) / max(one["rollout_s"], one["update_s"])
+    bound = bound_of(one, two)
     ratio = two["step_s"] / asyn["step_s"]
+    rounds_ratio, rounds_share = [], []  # each round's three runs, side by side in time
+    for i in range(rounds):
+        r1, r2, ra = (steady([logs[v][i]], warmup) for v in variants)
+        rounds_ratio.append(r2["step_s"] / ra["step_s"])
+        rounds_share.append(rounds_ratio[-1] / bound_of(r1, r2))
     devices = (two["rollout_s"] + two["update_s"]) / max(two["rollout_s"], two["update_s"])
     print(f"\n{name}: {' '.join(base) or 'the defaults'}")
     print(
@@ -125,6 +141,15 @@ def measure(name: str, base: list[str], steps: int, warmup: int, staleness: int,
     )
     print(f"  bound (R2 + U2) / max(R1, U1) = {bound:.2f}x")
     print(f"  measured sync/async           = {ratio:.2f}x  ({ratio / bound:.0%} of the bound)")
+    if rounds > 1:
+        each = ", ".join(f"{r:.2f}x ({f:.0%})" for r, f in zip(rounds_ratio, rounds_share))
+        print(f"  round by round: {each}")
+        gain, share = bootstrap_mean(rounds_ratio), bootstrap_mean(rounds_share)
+        print(
+            f"  mean over rounds: {gain.estimate:.2f}x [{gain.low:.2f}, {gain.high:.2f}], "
+            f"{share.estimate:.0%} [{share.low:.0%}, {share.high:.0%}] of each round's bound "
+            "(95% bootstrap intervals)"
+        )
     print(f"  against the overlapping halves' own times (R2 + U2) / max(R, U) = {co:.2f}x ({ratio / co:.0%})")
     print(f"  pipeline overhead per step (async step - the slower half) = {overhead * 1e3:.1f} ms")
     print(f"  on separate devices the bound would be (R2 + U2) / max(R2, U2) = {devices:.2f}x")
@@ -138,7 +163,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5, help="steps left out of the medians")
     parser.add_argument("--max-staleness", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=2, help="times each run is repeated, in turns")
+    parser.add_argument("--rounds", type=int, default=4, help="times each run is repeated, in turns")
     parser.add_argument("overrides", nargs="*", help="key=value settings added to each run")
     args = parser.parse_args()
     print(f"benchmarks/async_rl.py on {os.cpu_count()} CPUs")
