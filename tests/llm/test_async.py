@@ -189,28 +189,33 @@ def test_every_trained_batch_lags_at_most_max_staleness(tmp_path, weights_mode):
     assert max(fresh) < 1e-6 < max(stale)  # (a lagging batch costs nothing where the weights did not move)
 
 
-@needs_gloo
-def test_sigterm_then_resume_reaches_the_uninterrupted_weights(tmp_path):
-    """Asynchronous, fixed weights, lag 2: SIGTERM mid-run checkpoints (with the batches in flight)
-    and exits 143; --resume ends with the weights and log of the uninterrupted run."""
-    settings = dict(steps=24, eval_every=8, save_every=0, threads=1)
-    extra = ("max_staleness=2", "async_weights=fixed")
-    straight = start(tmp_path, tmp_path / "straight", *extra, **settings)
-    finish(straight)
+def assert_sigterm_then_resume_is_the_uninterrupted_run(tmp_path, extra, stop_after, **settings):
+    """Run straight through; run again, SIGTERM after step ``stop_after`` (a checkpoint of that step,
+    exit 143), ``--resume``: the same final weights, bit for bit, and the same log."""
+    finish(start(tmp_path, tmp_path / "straight", *extra, **settings))
     run = tmp_path / "stopped"
     proc = start(tmp_path, run, *extra, **settings)
-    wait_for_step(run, 3, proc)
+    wait_for_step(run, stop_after, proc)
     proc.send_signal(signal.SIGTERM)
     status, err = proc.wait(timeout=120), proc.stderr.read()
     assert status == 143, err[-4000:]
     stopped_at = max(r["step"] for r in records_so_far(run / "metrics.jsonl"))
-    assert 3 <= stopped_at < 24 and f"stopped after step {stopped_at}" in err
+    assert stop_after <= stopped_at < settings["steps"] and f"stopped after step {stopped_at}" in err
     assert [p.name for p in run.glob("step-*")] == [f"step-{stopped_at:06d}"]
     finish(start(tmp_path, run, *extra, "resume=true", **settings))
     mine, theirs = final_weights(run), final_weights(tmp_path / "straight")
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)
     drop = ("perf/", "run")
     assert timeless(run / "metrics.jsonl", drop) == timeless(tmp_path / "straight" / "metrics.jsonl", drop)
+
+
+@needs_gloo
+def test_sigterm_then_resume_reaches_the_uninterrupted_weights(tmp_path):
+    """Asynchronous, fixed weights, lag 2: SIGTERM mid-run checkpoints (with the batches in flight)
+    and exits 143; --resume ends with the weights and log of the uninterrupted run."""
+    extra = ("max_staleness=2", "async_weights=fixed")
+    settings = dict(steps=24, eval_every=8, save_every=0, threads=1)
+    assert_sigterm_then_resume_is_the_uninterrupted_run(tmp_path, extra, 3, **settings)
 
 
 @needs_gloo
@@ -308,20 +313,7 @@ def test_partial_rollouts_resume_their_responses_in_progress_after_sigterm(tmp_p
     """The responses in progress are in the checkpoint: SIGTERM, then --resume, ends with the weights
     and log of the uninterrupted run."""
     settings = dict(steps=16, eval_every=0, save_every=0, threads=1)
-    finish(start(tmp_path, tmp_path / "straight", *PARTIAL, **settings))
-    run = tmp_path / "stopped"
-    proc = start(tmp_path, run, *PARTIAL, **settings)
-    wait_for_step(run, 4, proc)
-    proc.send_signal(signal.SIGTERM)
-    status, err = proc.wait(timeout=120), proc.stderr.read()
-    assert status == 143, err[-4000:]
-    stopped_at = max(r["step"] for r in records_so_far(run / "metrics.jsonl"))
-    assert 4 <= stopped_at < 16
-    finish(start(tmp_path, run, *PARTIAL, "resume=true", **settings))
-    mine, theirs = final_weights(run), final_weights(tmp_path / "straight")
-    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
-    drop = ("perf/", "run")
-    assert timeless(run / "metrics.jsonl", drop) == timeless(tmp_path / "straight" / "metrics.jsonl", drop)
+    assert_sigterm_then_resume_is_the_uninterrupted_run(tmp_path, PARTIAL, 4, **settings)
 
 
 @needs_gloo
