@@ -103,6 +103,36 @@ def test_flatten_and_unflatten_are_inverse_over_mixed_dtypes(shapes, dtypes):
     assert all(torch.equal(a, b) for a, b in zip(tensors, targets))
 
 
+def test_a_packed_batch_unpacks_to_the_same_tensors_and_travels_without_torch_pickling():
+    rollout = Rollout(
+        group_ids=torch.arange(3).repeat_interleave(2),
+        tokens=torch.randint(0, 50, (6, 5)),
+        mask=torch.ones(6, 5),
+        sampler_logprobs=torch.randn(6, 5, dtype=torch.bfloat16),  # numpy has no bfloat16
+        rewards=torch.rand(6),
+        prompts=torch.randint(0, 50, (6, 4)),
+        extras={"prompt_mask": torch.ones(6, 4, dtype=torch.long), "versions": torch.arange(30).view(6, 5)},
+    )
+    batch = {
+        "rollout": rollout,
+        "old": torch.randn(6, 5, dtype=torch.float64),
+        "stats": {"x": 1.0},
+        "step": 3,
+    }
+    packed = pipeline.pack(batch)
+    leaves = [*packed["rollout"].values(), *packed["rollout"]["extras"].values(), packed["old"]]
+    tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
+    assert [t.dtype for t in tensors] == [torch.bfloat16]
+    back = pipeline.unpack(packed)
+    assert back["stats"] == batch["stats"] and back["step"] == 3
+    assert torch.equal(back["old"], batch["old"]) and back["old"].dtype == torch.float64
+    for name in ("group_ids", "tokens", "mask", "sampler_logprobs", "rewards", "prompts"):
+        a, b = getattr(back["rollout"], name), getattr(rollout, name)
+        assert a.dtype == b.dtype and torch.equal(a, b), name
+    assert back["rollout"].extras.keys() == rollout.extras.keys()
+    assert all(torch.equal(back["rollout"].extras[k], v) for k, v in rollout.extras.items())
+
+
 @pytest.mark.parametrize("world", [1, 2, 4])
 def test_a_sharded_batch_gives_each_rank_the_groups_the_synchronous_shard_gives(world):
     n, prompts = 3, 8
