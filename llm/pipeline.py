@@ -349,9 +349,8 @@ class TrainerSide:
         self.ctx, self.config = ctx, config
         self.batches: BatchReceiver | None = None
         self.lag_counts = [0] * (config.max_staleness + 1)
-        self.partial_state: dict | None = (
-            None  # the worker's responses in progress after the last batch taken
-        )
+        # with partial rollouts, the worker's responses in progress after the last batch taken
+        self.partial_state: dict | None = None
 
     def start(
         self, step: int, queued: int, task_state, model_path: Path, adapter: Path | None, model
