@@ -6,8 +6,10 @@ Per step (one policy version):
 2. the sampler, the policy ``staleness`` versions ago (``min(step, k)``),
    draws ``n`` responses per prompt; their rewards are read off the task;
 3. :func:`pmdlab.rl.update.policy_update` runs the ``minibatches``
-   optimiser steps with ``pi_old`` = the sampler: the same advantages,
-   losses and update as the LLM trainer;
+   optimiser steps with ``pi_old`` = the sampler (the behaviour policy), or
+   with ``old_source="current"`` the policy being trained
+   (:func:`pmdlab.rl.anchor.anchor_logprobs`): the same advantages, losses
+   and update as the LLM trainer;
 4. metrics, exact because the response sets are finite: success
    ``E_pi[r in C]`` per prompt (mean, std, 10% and 90% quantiles), mean
    reward, policy entropy, ``KL(pi_old || pi)`` over the step's prompts, collapse events
@@ -220,9 +222,9 @@ class BanditTrainer:
             num_minibatches=cfg.minibatches,
             epochs=cfg.epochs,
             generator=gen,
-            # pi_old: the sampler (the behaviour policy), or with old_source=current the policy being
-            # trained (recomputed by policy_update): the anchor moves with it when rollouts lag
-            old_logprobs=None if cfg.algorithm.old_source == "current" else rollout.sampler_logprobs,
+            # the sampler's log-probs are the behaviour policy's, exactly; pmdlab.rl.anchor makes
+            # pi_old of them, or with old_source=current of the policy being trained
+            behaviour_logprobs=rollout.sampler_logprobs,
         )
         new = _Version.of(self.policy, self._correct, self._graded)
         with torch.no_grad():

@@ -81,7 +81,7 @@ def update_fn(policy, optimizer, rollout, old, algorithm, args):
             rollout,
             algorithm,
             num_minibatches=args.minibatches,
-            old_logprobs=old,
+            behaviour_logprobs=old,
             micro_batches=policy.micro_batches,
             parameters=[p for p in policy.parameters() if p.requires_grad],
             max_grad_norm=1.0,

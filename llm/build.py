@@ -1,7 +1,9 @@
-"""What a run is built from: its task, its model and tokenizer, and its rollout backend.
+"""What a run is built from: its task, its model and tokenizer, its rollout backend and policy.
 
 Each is one function of :class:`~pmdlab.llm.settings.TrainConfig`, so the
-trainer (:mod:`.train`) only wires them together.
+learner (:mod:`.learner`) and a rollout worker (:mod:`.rollout.worker`) build
+their policies the same way, and the trainer (:mod:`.train`) only wires them
+together.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 import torch
 
 from . import distributed, models
-from .policy import GenerateBackend
+from .policy import GenerateBackend, LMPolicy
 from .settings import TrainConfig
 from .tasks import ArithmeticTask, MathDataset
 from .warmstart import warm_start
@@ -19,7 +21,9 @@ from .warmstart import warm_start
 __all__ = [
     "enable_activation_checkpointing",
     "load_model",
+    "load_trainable",
     "make_backend",
+    "make_policy",
     "make_task",
     "model_path",
     "seed_of",
@@ -158,3 +162,26 @@ def make_backend(
             enforce_eager=enforce_eager,
         )
     return GenerateBackend(distributed.unwrap(model), tokenizer)
+
+
+def load_trainable(config: TrainConfig, path: str | Path, adapter: str | Path | None, device: torch.device):
+    """The model to train (or to sample with) and its tokenizer: :func:`load_model`, then with
+    ``lora.rank`` new adapters (seeded) or the trained ones in ``adapter``."""
+    model, tokenizer = load_model(path, config, device)
+    if config.lora.rank:
+        adapter = None if adapter is None else Path(adapter)
+        model = apply_lora(model, config.lora, adapter, seed=seed_of(config.seed, 4))
+    return model, tokenizer
+
+
+def make_policy(config: TrainConfig, model, tokenizer, path: Path, device: torch.device) -> LMPolicy:
+    """``model`` (possibly data-parallel wrapped) as a policy, sampling through :func:`make_backend`."""
+    return LMPolicy(
+        model,
+        tokenizer,
+        config.sampling,
+        token_budget=config.token_budget,
+        chat_template=config.chat_template,
+        system_prompt=config.system_prompt,
+        backend=make_backend(config, model, tokenizer, path, device),
+    )

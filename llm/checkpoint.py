@@ -3,10 +3,11 @@
 A checkpoint is a folder ``step-000040/`` in the run's folder holding
 
 * ``model/``: the weights (``save_pretrained``, safetensors) and tokenizer;
-* ``trainer.pt``: optimiser and scheduler states, torch/numpy/Python
-  random states, the data position, the step and the non-finite streak;
-* ``rollouts-rank{r}.pt``: each rank's not-yet-used rollouts (staleness; with asynchronous
-  rollouts, rank 0's received batches);
+* ``trainer.pt``: the state dicts of the learner (optimiser, schedule,
+  non-finite streak) and of the loop (torch/numpy/Python random states),
+  and the step;
+* ``source-rank{r}.pt``: each rank's batch source: the batches made and not
+  yet trained on, and the generator's data position after them;
 * ``manifest.json``, written last: every other file's size and SHA-256.
 
 It is written to a temporary folder (:func:`begin`, then the files) and
@@ -16,8 +17,8 @@ previous checkpoint intact; only the newest ``keep`` are kept. On resume
 newest first: a damaged one (truncated, edited, a file missing) is skipped
 with a warning that names it, and the newest intact one is used; when
 checkpoints exist but none is intact, the run stops with a one-line error
-naming the folder. :func:`save` and :func:`restore` are the trainer's
-whole state, in and out.
+naming the folder. :func:`save` and :func:`restore` take and give state
+dicts: this module knows nothing of what is in them.
 """
 
 from __future__ import annotations
@@ -28,16 +29,12 @@ import random
 import re
 import shutil
 import warnings
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pmdlab.rl.config import to_dict
-from pmdlab.rl.rollout import Rollout
-
-from . import distributed, metrics_log
+from . import distributed
 from .digest import file_sha256
 
 __all__ = [
@@ -159,71 +156,37 @@ def load(path: str | os.PathLike) -> dict:
     return torch.load(Path(path) / "trainer.pt", weights_only=False)
 
 
-# --------------------------------------------------------------------- a trainer's state
+# --------------------------------------------------------------------- a run's state
 
 
-def save(trainer) -> Path:
-    """An atomic checkpoint of ``trainer`` (:class:`pmdlab.llm.train.Trainer`): the full weights
-    and trainer state from rank 0, each rank's queued rollouts, then the manifest."""
-    ctx, step, run_dir = trainer.ctx, trainer.step, trainer.run_dir
-    full_weights = distributed.full_state_dict(trainer.model)  # a collective under FSDP2
-    optimizer_state = distributed.full_optimizer_state(trainer.model, trainer.optimizer)
+def save(run_dir: Path, step: int, ctx, model, tokenizer, state: dict, rank_state: dict, keep: int) -> Path:
+    """An atomic checkpoint of step ``step``: the full weights of ``model`` and ``state`` (state dicts
+    of the learner and the loop, from rank 0), every rank's ``rank_state`` (its batch source), then
+    the manifest. Every training rank calls it (gathering FSDP2 weights is a collective)."""
+    full_weights = distributed.full_state_dict(model)  # a collective under FSDP2
     tmp = run_dir / f".tmp-step-{step:06d}"
     if ctx.main:
         tmp = begin(run_dir, step)
-        write_model(tmp, distributed.unwrap(trainer.model), trainer.policy.tokenizer, full_weights)
-        state = {
-            "step": step,
-            "nonfinite_streak": trainer.nonfinite_streak,
-            "lag_counts": None if trainer.pipeline is None else trainer.pipeline.lag_counts,
-            "partial_state": None if trainer.pipeline is None else trainer.pipeline.partial_state,
-            "optimizer": optimizer_state,
-            "scheduler": trainer.scheduler.state_dict(),
-            "rng": rng_state(),
-            "task": trainer.task.state(),
-            "world_size": ctx.world_size,
-            "config": to_dict(trainer.config),
-        }
-        torch.save(state, tmp / "trainer.pt")
+        write_model(tmp, distributed.unwrap(model), tokenizer, full_weights)
+        torch.save({**state, "step": step, "world_size": ctx.world_size}, tmp / "trainer.pt")
     distributed.barrier(ctx)
-    queue = [{**batch, "rollout": batch["rollout"].to_dict()} for batch in trainer.queue]
-    torch.save(queue, tmp / f"rollouts-rank{ctx.rank}.pt")
+    torch.save(rank_state, tmp / f"source-rank{ctx.rank}.pt")
     distributed.barrier(ctx)
     final = run_dir / f"step-{step:06d}"
     if ctx.main:
         write_manifest(tmp)
-        final = commit(run_dir, tmp, step, keep=trainer.config.keep_checkpoints)
+        final = commit(run_dir, tmp, step, keep=keep)
     distributed.barrier(ctx)
     return final
 
 
-def restore(trainer, path: Path) -> None:
-    """Load the state :func:`save` wrote into ``trainer`` (its model was loaded from ``path/model``),
-    and drop the log records of steps past the checkpoint: they are about to be redone."""
+def restore(path: Path, ctx) -> tuple[dict, dict]:
+    """``(state, rank_state)`` that :func:`save` wrote (the weights are loaded from ``path/model``)."""
     state = load(path)
-    ctx = trainer.ctx
     if state.get("world_size", 1) != ctx.world_size:
         raise ValueError(
             f"{path} was written by {state.get('world_size', 1)} ranks; resume with as many "
             f"(this run has {ctx.world_size})"
         )
-    trainer.step = state["step"]
-    trainer.nonfinite_streak = state["nonfinite_streak"]
-    if trainer.pipeline is not None and state.get("lag_counts") is not None:
-        trainer.pipeline.lag_counts = list(state["lag_counts"])
-        trainer.pipeline.partial_state = state.get("partial_state")
-    distributed.load_optimizer_state(trainer.model, trainer.optimizer, state["optimizer"])
-    trainer.scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    trainer.task.set_state(state["task"])
-    queue = torch.load(path / f"rollouts-rank{ctx.rank}.pt", weights_only=False)
-    trainer.queue = deque(
-        {
-            **batch,
-            "rollout": Rollout.from_dict(batch["rollout"], ctx.device),
-            "old": batch["old"].to(ctx.device),
-        }
-        for batch in queue
-    )
-    if ctx.main:
-        metrics_log.truncate(trainer.log_path, trainer.step)
+    rank_state = torch.load(path / f"source-rank{ctx.rank}.pt", weights_only=False)
+    return state, rank_state

@@ -17,11 +17,11 @@ then
 
 With one process every function here is the identity.
 
-**Asynchronous rollouts** (``async_rollouts=true``, :mod:`.pipeline`): the
+**Asynchronous rollouts** (``async_rollouts=true``, :mod:`.rollout.sources`): the
 last ``rollout_ranks`` ranks of the world generate, the first ones train.
 Every collective here then runs over the training ranks' own group, and
 :class:`Context` describes a rank's place among the trainers (or among the
-rollout workers), with the groups the pipeline uses to move batches and
+rollout workers), with the groups :mod:`.rollout.transport` uses to move batches and
 weights.
 """
 
@@ -62,7 +62,7 @@ class Context:
     ``role`` (``train`` or ``rollout``); ``global_rank`` is its rank in the whole world,
     ``rollout_ranks`` the global ranks that generate, and ``publish_group`` (training rank 0
     and the rollout ranks: weights) and ``channel_group`` (the same ranks on gloo: batches) the
-    groups the pipeline uses."""
+    groups :mod:`.rollout.transport` uses."""
 
     rank: int = 0
     world_size: int = 1

@@ -11,7 +11,9 @@ For a prompt with ``k`` sampled completions of which ``c`` are correct:
   the answer seen first; completions without an answer do not vote);
 * greedy: the accuracy of the arg-max decode.
 
-Each is averaged over prompts.
+Each is averaged over prompts. With several training ranks each evaluates
+its share of the problems and the sums are added over ranks (``all_reduce``),
+so no rank waits while another evaluates.
 """
 
 from __future__ import annotations
@@ -45,18 +47,45 @@ def majority_correct(answers: Sequence[str | None], correct: Sequence[bool]) -> 
 
 
 def evaluate(
-    policy, task, problems, k: int, *, greedy: bool = True, batch_prompts: int = 64, seed: int = 0
+    policy,
+    task,
+    problems,
+    k: int,
+    *,
+    greedy: bool = True,
+    batch_prompts: int = 64,
+    seed: int = 0,
+    all_reduce=None,
 ) -> dict[str, float]:
     """Sample ``k`` completions per held-out problem; return ``eval/avg@k``, ``eval/pass@k``,
     ``eval/maj@k``, ``eval/greedy`` and ``eval/response_length``.
 
     Sampling is seeded with ``seed`` (torch's global generator), so two
-    evaluations of the same weights agree.
+    evaluations of the same weights agree. ``all_reduce`` (a sum over ranks, in place) makes the
+    means those of every rank's ``problems`` together.
     """
     if k < 1:
         raise ValueError(f"eval k must be at least 1, got {k}")
-    if not problems:
+    if not problems and all_reduce is None:
         raise ValueError("no held-out problems to evaluate on")
+    sums = _counts(policy, task, problems, k, greedy, batch_prompts, seed)
+    if all_reduce is not None:
+        keys = sorted(sums)
+        total = all_reduce(torch.tensor([sums[key] for key in keys], dtype=torch.float64))
+        sums = dict(zip(keys, total.tolist()))
+    if not sums["problems"]:
+        raise ValueError("no held-out problems to evaluate on")
+    length = torch.tensor(sums.pop("tokens"), dtype=torch.float32) / sums["responses"]
+    out = {f"eval/{key}": sums[key] / sums["problems"] for key in ("avg@k", "pass@k", "maj@k")}
+    out["eval/response_length"] = float(length)
+    out["eval/k"] = float(k)
+    if greedy:
+        out["eval/greedy"] = sums["greedy"] / sums["problems"]
+    return out
+
+
+def _counts(policy, task, problems, k: int, greedy: bool, batch_prompts: int, seed: int) -> dict[str, float]:
+    """Sums over ``problems`` of each metric, the tokens and responses sampled, and the count."""
     torch.manual_seed(seed)
     avg, passed, major, greedy_hits, lengths = [], [], [], [], []
     for start in range(0, len(problems), batch_prompts):
@@ -73,13 +102,14 @@ def evaluate(
         if greedy:
             rollout = policy.sample([p.prompt for p in chunk], 1, greedy=True)
             greedy_hits += [task.is_correct(t, p) for t, p in zip(policy.decode(rollout), chunk)]
-    out = {
-        "eval/avg@k": float(np.mean(avg)),
-        "eval/pass@k": float(np.mean(passed)),
-        "eval/maj@k": float(np.mean(major)),
-        "eval/response_length": float(torch.cat(lengths).float().mean()),
-        "eval/k": float(k),
+    lengths = torch.cat(lengths).float() if lengths else torch.zeros(0)
+    # np.sum(x) / len(x) is np.mean(x) to the last bit: one rank gives the plain means
+    return {
+        "avg@k": float(np.sum(avg)),
+        "pass@k": float(np.sum(passed)),
+        "maj@k": float(np.sum(major)),
+        "greedy": float(np.sum(greedy_hits)),
+        "tokens": float(lengths.sum()),
+        "responses": float(lengths.numel()),
+        "problems": float(len(problems)),
     }
-    if greedy:
-        out["eval/greedy"] = float(np.mean(greedy_hits))
-    return out

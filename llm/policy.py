@@ -88,8 +88,10 @@ def token_budget_batches(lengths: torch.Tensor, budget: int) -> list[torch.Tenso
 
 class RolloutBackend(Protocol):
     """Samples responses: ``generate(prompt_ids, prompt_mask, n, sampling, greedy)`` returns
-    ``(tokens (B, T), sampler_logprobs (B, T))`` for ``B = n x prompts`` (each prompt's
-    ``n`` responses adjacent), response tokens right-padded with the pad token."""
+    ``(tokens (B, T), sampler_logprobs (B, T), mask (B, T))`` for ``B = n x prompts`` (each
+    prompt's ``n`` responses adjacent), response tokens right-padded with the pad token; ``mask``
+    is 1 on the tokens each response really has, by the backend's own account of where it
+    stopped (the end token it stopped on may be any of the model's, not the tokenizer's eos)."""
 
     def generate(
         self,
@@ -98,7 +100,7 @@ class RolloutBackend(Protocol):
         n: int,
         sampling: SamplingConfig,
         greedy: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
 class GenerateBackend:
@@ -130,7 +132,9 @@ class GenerateBackend:
             [torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad) for t, _ in chunks]
         )
         logps = torch.cat([torch.nn.functional.pad(lp, (0, width - lp.shape[1])) for _, lp in chunks])
-        return tokens, logps
+        # generate stops each row at the tokenizer's eos (the only end token it is given)
+        mask = response_mask(tokens, self.tokenizer.eos_token_id)
+        return tokens, logps * mask, mask
 
     def _generate(self, ids, mask, sampling, greedy):
         was_training = self.model.training
@@ -161,8 +165,7 @@ class GenerateBackend:
             self.model.train(was_training)
         tokens = out.sequences[:, ids.shape[1] :]
         scores = torch.stack(out.scores, dim=1).float()  # (B, T, V), processed
-        logps = torch.log_softmax(scores, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-        return tokens, torch.where(response_mask(tokens, self.tokenizer.eos_token_id) > 0, logps, 0.0)
+        return tokens, torch.log_softmax(scores, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def _token_log_probs(logp: torch.Tensor, rollout: Rollout) -> torch.Tensor:
@@ -230,9 +233,7 @@ class LMPolicy:
     def sample(self, prompts: Sequence[str], n: int, greedy: bool = False) -> Rollout:
         """``n`` responses to each prompt; group ``g`` holds the responses to ``prompts[g]``."""
         ids, mask = self.encode(prompts)
-        tokens, logps = self.backend.generate(ids, mask, n, self.sampling, greedy=greedy)
-        eos = self.tokenizer.eos_token_id
-        rmask = response_mask(tokens, eos)
+        tokens, logps, rmask = self.backend.generate(ids, mask, n, self.sampling, greedy=greedy)
         group_ids = torch.arange(len(prompts), device=tokens.device).repeat_interleave(n)
         return Rollout(
             group_ids=group_ids,

@@ -152,19 +152,20 @@ class TrainConfig:
         n: responses sampled per prompt.
         minibatches: optimiser steps per pass over a rollout batch (off-policy reuse).
         epochs: passes over each rollout batch.
-        staleness: train on rollouts sampled this many policy versions ago (one process, taking turns).
-        async_rollouts: generate in separate processes while the trainer updates (:mod:`.pipeline`).
-        max_staleness: with ``async_rollouts``, the most policy versions a trained batch may lag.
+        async_rollouts: generate on rollout ranks while the learner updates (:mod:`.rollout.sources`);
+            otherwise this process takes turns generating and updating.
+        max_staleness: the most policy versions a trained batch may lag (none: 0 in one process, 1
+            with ``async_rollouts``). In one process batch ``s`` is sampled by version
+            ``max(0, s - lead)`` exactly, ``lead = max_staleness`` without partial rollouts.
         rollout_ranks: with ``async_rollouts``, how many ranks generate (the others train).
         async_weights: ``latest`` (a worker samples from the newest weights it has received; the lag
             varies with timing) or ``fixed`` (batch ``s`` from version ``max(0, s - lead)``
-            exactly, ``lead = max_staleness`` without partial rollouts: deterministic, for
-            reproduction and tests).
-        partial_tokens: with ``async_rollouts``, partial rollouts (Kimi K1.5): generate at most this
-            many tokens of each response per iteration and carry unfinished ones over to newer
-            weights (0: off; :mod:`.partial`). The workers then sample at most
-            ``max_staleness - (K - 1)`` versions ahead, ``K = ceil(max_new_tokens / partial_tokens)``,
-            so carried responses are trained within the bound (:func:`.partial.sampling_lead`).
+            exactly, as in one process: deterministic, for reproduction and tests).
+        partial_tokens: partial rollouts (Kimi K1.5): generate at most this many tokens of each
+            response per iteration and carry unfinished ones over to newer weights (0: off;
+            :mod:`.rollout.partial`). Batches are then sampled at most ``max_staleness - (K - 1)``
+            versions ahead, ``K = ceil(max_new_tokens / partial_tokens)``, so carried responses are
+            trained within the bound (:func:`.rollout.partial.sampling_lead`).
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         warmup_steps: RL steps of linear learning-rate warm-up.
@@ -209,9 +210,8 @@ class TrainConfig:
     n: int = 8
     minibatches: int = 2
     epochs: int = 1
-    staleness: int = 0
     async_rollouts: bool = False
-    max_staleness: int = 1
+    max_staleness: int | None = None
     rollout_ranks: int = 1
     async_weights: str = "latest"
     partial_tokens: int = 0
@@ -249,24 +249,18 @@ class TrainConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("staleness", "max_staleness", "warmup_steps", "eval_every", "save_every"):
+        for name in ("lag", "warmup_steps", "eval_every", "save_every"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)}")
+                shown = "max_staleness" if name == "lag" else name
+                raise ValueError(f"{shown} must be non-negative, got {getattr(self, name)}")
         if self.rollout_ranks < 1:
             raise ValueError(f"rollout_ranks must be at least 1, got {self.rollout_ranks}")
         if self.async_weights not in ("latest", "fixed"):
             raise ValueError(f"async_weights must be latest or fixed, got {self.async_weights!r}")
         if self.partial_tokens < 0:
             raise ValueError(f"partial_tokens must be non-negative, got {self.partial_tokens}")
-        if self.partial_tokens and not self.async_rollouts:
-            raise ValueError("partial_tokens needs async_rollouts=true")
         if self.partial_tokens and self.rollout_ranks > 1:
             raise ValueError("partial_tokens works with one rollout rank (rollout_ranks=1)")
-        if self.async_rollouts and self.staleness:
-            raise ValueError(
-                "staleness replays rollouts in one process; with async_rollouts=true bound the lag "
-                "with max_staleness"
-            )
         if self.minibatches > self.prompts:
             raise ValueError(f"minibatches ({self.minibatches}) cannot exceed prompts ({self.prompts})")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -299,6 +293,27 @@ class TrainConfig:
             )
         elif self.model != "tiny" and not (Path(self.model) / "config.json").is_file():
             raise ValueError(f"model folder {self.model} has no config.json: not a Hugging Face model folder")
+
+    @property
+    def lag(self) -> int:
+        """``max_staleness``, its default resolved: 0 in one process, 1 with ``async_rollouts``."""
+        if self.max_staleness is None:
+            return 1 if self.async_rollouts else 0
+        return self.max_staleness
+
+    def check_ranks(self, world_size: int) -> None:
+        """The batch splits over ``world_size`` training ranks (a one-line error otherwise)."""
+        if self.prompts % world_size:
+            raise ValueError(
+                f"prompts ({self.prompts}) must be a multiple of the number of ranks ({world_size})"
+            )
+        if self.minibatches > self.prompts // world_size:
+            raise ValueError(
+                f"minibatches ({self.minibatches}) cannot exceed the prompts per rank "
+                f"({self.prompts // world_size})"
+            )
+        if self.partial_tokens and world_size > 1 and not self.async_rollouts:
+            raise ValueError("partial_tokens in one process makes whole batches: use one training rank")
 
     @property
     def run_dir(self) -> Path:

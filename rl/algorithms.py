@@ -85,7 +85,8 @@ class Algorithm:
             asynchronous rollouts, by the rollout worker with the weights that sampled the batch: the
             behaviour policy), ``sampler`` (the inference engine's own), or ``current`` (recomputed by
             the trained model at the start of the update: with lagging rollouts the loss is anchored
-            at the current policy, not the behaviour policy; otherwise the same as ``trainer``).
+            at the current policy, not the behaviour policy; otherwise the same as ``trainer``);
+            decided in one place, :func:`pmdlab.rl.anchor.anchor_logprobs`.
     """
 
     name: str = "pmd_mean"

@@ -6,10 +6,14 @@ each field under ``Attributes:``. :func:`parse` builds one from
 * ``--config FILE`` (JSON, or YAML when PyYAML is installed), then
 * ``key=value`` overrides, with dots into nested dataclasses
   (``algorithm.tau=0.05``, ``task.prompts=512``); a nested dataclass with a
-  ``name`` field takes a bare string as its name (``algorithm=grpo``),
+  ``name`` field takes a bare string as its name (``algorithm=grpo``);
+* ``--name`` and ``--no-name`` for a boolean field of the top level, the
+  same as ``name=true`` and ``name=false`` (``--resume``; dashes or
+  underscores in the name),
 
-converting each value to the field's type (``none`` for optional fields)
-and failing with a message that names the field. ``--help`` prints every
+applied in order (a later one wins), converting each value to the field's
+type (``none`` for optional fields) and failing with a message that names
+the field; an unknown ``--flag`` is an error naming it. ``--help`` prints every
 field with its type, default and description.
 """
 
@@ -24,7 +28,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-__all__ = ["describe", "parse", "to_dict", "update"]
+__all__ = ["describe", "flags", "parse", "to_dict", "update"]
 
 
 def _field_docs(cls) -> dict[str, str]:
@@ -158,13 +162,51 @@ def describe(cls, prefix: str = "") -> list[str]:
     return lines
 
 
+def _is_bool(hint) -> bool:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(hint) if a is not type(None)] == [bool]
+    return hint is bool
+
+
+def flags(cls) -> list[str]:
+    """The boolean fields of the top level of ``cls``: those ``--name`` and ``--no-name`` set."""
+    hints = _hints(cls)
+    return [f.name for f in dataclasses.fields(cls) if _is_bool(hints[f.name])]
+
+
+def _flag(cls, arg: str) -> tuple[str, bool]:
+    """``--name`` is ``(name, True)``, ``--no-name`` ``(name, False)``, for a boolean field of ``cls``."""
+    text, equals, value = arg[2:].partition("=")
+    name = text.replace("-", "_")
+    hints, fields = _hints(cls), {f.name for f in dataclasses.fields(cls)}
+    candidates = [(name, True)] + ([(name[3:], False)] if name.startswith("no_") else [])
+    for field, setting in candidates:
+        if field not in fields:
+            continue
+        if not _is_bool(hints[field]):
+            tname = getattr(hints[field], "__name__", str(hints[field]).replace("typing.", ""))
+            raise ValueError(
+                f"--{text} is not a flag: {field} is a setting of type {tname}; write {field}=VALUE"
+            )
+        if equals:
+            raise ValueError(f"{arg!r}: a flag takes no value; write --{text}, or {field}={value}")
+        return field, setting
+    known = ", ".join(f"--{n.replace('_', '-')}" for n in flags(cls)) or "none"
+    raise ValueError(f"unknown flag {arg!r} (the flags are {known}; settings are key=value, see --help)")
+
+
 def parse(cls, argv: list[str] | None = None, prog: str = ""):
-    """Build ``cls`` from ``--config FILE`` and ``key=value`` arguments (``--help`` lists them)."""
+    """Build ``cls`` from ``--config FILE``, ``--flag`` and ``key=value`` arguments (see ``--help``)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):
         summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        print(f"usage: {prog} [--config FILE] [key=value ...]\n\n{summary}\n\nsettings (defaults shown):")
+        names = flags(cls)
+        usage = f"usage: {prog} [--config FILE]" + (" [--FLAG ...]" if names else "") + " [key=value ...]"
+        print(f"{usage}\n\n{summary}\n\nsettings (defaults shown):")
         print("\n".join(describe(cls)))
+        if names:
+            print("\nflags: --NAME is NAME=true, --no-NAME is NAME=false, for")
+            print("  " + " ".join(f"--{n.replace('_', '-')}" for n in names))
         raise SystemExit(0)
     values: dict[str, Any] = {}
     it = iter(argv)
@@ -177,6 +219,9 @@ def parse(cls, argv: list[str] | None = None, prog: str = ""):
         elif "=" in arg and not arg.startswith("-"):
             key, value = arg.split("=", 1)
             values[key.strip()] = value
+        elif arg.startswith("--") and len(arg) > 2:
+            key, value = _flag(cls, arg)
+            values[key] = value
         else:
             raise ValueError(f"unexpected argument {arg!r}: settings are key=value (see --help)")
     return update(cls(), values)

@@ -27,7 +27,7 @@ from pmdlab.llm import distributed
 from pmdlab.llm.policy import LMPolicy, SamplingConfig
 from pmdlab.llm.tiny import TinyModelConfig, build_model, build_tokenizer
 from pmdlab.rl import Algorithm
-from pmdlab.rl.update import policy_update
+from pmdlab.rl.update import DataParallel, policy_update
 
 
 class RecordingSGD(torch.optim.SGD):
@@ -68,7 +68,7 @@ def update(out_path: str, strategy: str) -> None:
         ref_model = copy.deepcopy(model)
         ref_policy = LMPolicy(ref_model, tokenizer, SamplingConfig(max_new_tokens=4))
         opt = RecordingSGD(ref_model.parameters(), lr=0.5)
-        m = policy_update(ref_policy.log_probs, opt, batch, algorithm, old_logprobs=old)
+        m = policy_update(ref_policy.log_probs, opt, batch, algorithm, behaviour_logprobs=old)
         reference = {
             "loss": m["loss"],
             "grads": opt.grads,
@@ -87,11 +87,11 @@ def update(out_path: str, strategy: str) -> None:
         opt,
         shard,
         algorithm,
-        old_logprobs=old[index],
+        behaviour_logprobs=old[index],
         micro_batches=shard_policy.micro_batches,
-        all_reduce=distributed.all_reduce_sum,
-        loss_scale=float(ctx.world_size),
-        no_sync=distributed.no_sync(wrapped),
+        parallel=DataParallel(
+            distributed.all_reduce_sum, loss_scale=float(ctx.world_size), no_sync=distributed.no_sync(wrapped)
+        ),
     )
     grads = [full(p.grad) if p.grad is not None else None for p in wrapped.parameters()]
     weights = [full(p.detach()) for p in wrapped.parameters()]

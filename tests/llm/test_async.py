@@ -1,10 +1,11 @@
-"""Asynchronous rollouts: a rollout process generates while the trainer updates (:mod:`pmdlab.llm.pipeline`).
+"""Asynchronous rollouts: a rollout process generates while the learner updates (:mod:`pmdlab.llm.rollout`).
 
 Each run here is the real command line, ``python -m pmdlab.llm.train async_rollouts=true ...``: a
 supervisor, one training and one generating process on gloo.
 """
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -19,8 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from pmdlab.llm import pipeline
-from pmdlab.llm.rollouts import shard_batch
+from pmdlab.llm.rollout import transport
+from pmdlab.llm.rollout.batch import ScoredBatch
+from pmdlab.llm.rollout.sources import RemoteSource
 from pmdlab.llm.train import TrainConfig, Trainer
 from pmdlab.rl.algorithms import Algorithm
 from pmdlab.rl.config import to_dict
@@ -94,12 +96,12 @@ def alive(pid: int) -> bool:
 )
 def test_flatten_and_unflatten_are_inverse_over_mixed_dtypes(shapes, dtypes):
     tensors = [torch.randn(*s).to(d) for s, d in zip(shapes, dtypes)]
-    flats = pipeline.flatten(tensors)
+    flats = transport.flatten(tensors)
     assert len(flats) == len({t.dtype for t in tensors})
-    like = pipeline.buffers_like(tensors, "cpu")
+    like = transport.buffers_like(tensors, "cpu")
     assert [(b.dtype, b.numel()) for b in like] == [(f.dtype, f.numel()) for f in flats]
     targets = [torch.zeros_like(t) for t in tensors]
-    pipeline.unflatten_into(targets, flats)
+    transport.unflatten_into(targets, flats)
     assert all(torch.equal(a, b) for a, b in zip(tensors, targets))
 
 
@@ -111,26 +113,29 @@ def test_a_packed_batch_unpacks_to_the_same_tensors_and_travels_without_torch_pi
         sampler_logprobs=torch.randn(6, 5, dtype=torch.bfloat16),  # numpy has no bfloat16
         rewards=torch.rand(6),
         prompts=torch.randint(0, 50, (6, 4)),
-        extras={"prompt_mask": torch.ones(6, 4, dtype=torch.long), "versions": torch.arange(30).view(6, 5)},
+        extras={"prompt_mask": torch.ones(6, 4, dtype=torch.long)},
     )
-    batch = {
-        "rollout": rollout,
-        "old": torch.randn(6, 5, dtype=torch.float64),
-        "stats": {"x": 1.0},
-        "step": 3,
-    }
-    packed = pipeline.pack(batch)
-    leaves = [*packed["rollout"].values(), *packed["rollout"]["extras"].values(), packed["old"]]
+    batch = ScoredBatch(
+        rollout=rollout,
+        behaviour=torch.randn(6, 5, dtype=torch.float64),
+        version=3,
+        stats={"x": 1.0},
+        versions=torch.arange(30).view(6, 5),
+    )
+    packed = batch.pack()
+    leaves = [*packed["rollout"].values(), *packed["rollout"]["extras"].values()]
+    leaves += [packed["behaviour"], packed["versions"]]
     tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
     assert [t.dtype for t in tensors] == [torch.bfloat16]
-    back = pipeline.unpack(packed)
-    assert back["stats"] == batch["stats"] and back["step"] == 3
-    assert torch.equal(back["old"], batch["old"]) and back["old"].dtype == torch.float64
+    back = ScoredBatch.unpack(packed)
+    assert back.stats == batch.stats and back.version == 3
+    assert torch.equal(back.behaviour, batch.behaviour) and back.behaviour.dtype == torch.float64
+    assert torch.equal(back.versions, batch.versions)
     for name in ("group_ids", "tokens", "mask", "sampler_logprobs", "rewards", "prompts"):
-        a, b = getattr(back["rollout"], name), getattr(rollout, name)
+        a, b = getattr(back.rollout, name), getattr(rollout, name)
         assert a.dtype == b.dtype and torch.equal(a, b), name
-    assert back["rollout"].extras.keys() == rollout.extras.keys()
-    assert all(torch.equal(back["rollout"].extras[k], v) for k, v in rollout.extras.items())
+    assert back.rollout.extras.keys() == rollout.extras.keys()
+    assert all(torch.equal(back.rollout.extras[k], v) for k, v in rollout.extras.items())
 
 
 @pytest.mark.parametrize("world", [1, 2, 4])
@@ -139,24 +144,24 @@ def test_a_sharded_batch_gives_each_rank_the_groups_the_synchronous_shard_gives(
     group_ids = torch.arange(prompts).repeat_interleave(n)
     tokens = torch.arange(prompts * n * 2).view(-1, 2)
     rollout = Rollout(group_ids=group_ids, tokens=tokens, mask=torch.ones_like(tokens))
-    batch = {"rollout": rollout, "old": tokens.double(), "version": 3}
+    batch = ScoredBatch(rollout=rollout, behaviour=tokens.double(), version=3, versions=tokens + 100)
     seen = []
     for rank in range(world):
-        part = shard_batch(batch, rank, world)
-        mine = list(range(prompts))[rank::world]  # distributed.shard's prompts, in order
-        assert part["rollout"].group_ids.tolist() == [g for g in range(len(mine)) for _ in range(n)]
-        assert part["rollout"].tokens[:, 0].div(2 * n, rounding_mode="floor").tolist() == [
+        part = batch.shard(rank, world)
+        mine = list(range(prompts))[rank::world]  # the prompts each rank samples in one process, in order
+        assert part.rollout.group_ids.tolist() == [g for g in range(len(mine)) for _ in range(n)]
+        assert part.rollout.tokens[:, 0].div(2 * n, rounding_mode="floor").tolist() == [
             g for g in mine for _ in range(n)
         ]
-        assert torch.equal(part["old"], part["rollout"].tokens.double())
-        seen += part["rollout"].tokens[:, 0].tolist()
+        assert torch.equal(part.behaviour, part.rollout.tokens.double())
+        assert torch.equal(part.versions, part.rollout.tokens + 100)
+        seen += part.rollout.tokens[:, 0].tolist()
     assert sorted(seen) == tokens[:, 0].tolist()
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(async_rollouts=True, staleness=1), "max_staleness"),
         (dict(rollout_ranks=0), "rollout_ranks"),
         (dict(async_weights="newest"), "async_weights"),
         (dict(max_staleness=-1), "max_staleness"),
@@ -168,7 +173,7 @@ def test_bad_asynchronous_settings_are_named(tmp_path, overrides, message):
 
 
 def test_a_lag_beyond_max_staleness_is_refused():
-    side = pipeline.TrainerSide(None, TrainConfig(max_staleness=2))
+    side = RemoteSource(None, TrainConfig(max_staleness=2), 2, Path("model"), None)
     assert side.count_lag(2)["async/lag_hist_2"] == 1.0
     with pytest.raises(RuntimeError, match="lags 3 versions; max_staleness is 2"):
         side.count_lag(3)
@@ -192,6 +197,29 @@ def test_max_staleness_zero_with_fixed_weights_is_the_synchronous_run(tmp_path):
     assert [r["step"] for r in a] == [0, 1, 2, 3, 4] and a == s
     lags = [r["async/lag"] for r in records_so_far(tmp_path / "async" / "metrics.jsonl") if "async/lag" in r]
     assert lags == [0.0] * 4
+
+
+@needs_gloo
+@pytest.mark.parametrize("extra", [(), ("partial_tokens=1",)], ids=["plain", "partial"])
+def test_one_lag_setting_the_in_process_source_is_the_remote_one_with_fixed_weights(tmp_path, extra):
+    """``max_staleness=2``: batch ``s`` from version ``max(0, s - lead)``, whether this process makes
+    it or a rollout rank does (``async_weights=fixed``): the same weights and the same log. Each
+    batch is sampled with its own seed (the first ``lead + 1`` batches, all made from version 0,
+    once shared one)."""
+    settings = dict(steps=6, eval_every=3, save_every=3, threads=1)
+    lag = ("max_staleness=2", *extra)
+    proc = start(tmp_path, tmp_path / "async", *lag, "async_weights=fixed", **settings)
+    overrides = dict(max_staleness=2, partial_tokens=1 if extra else 0)
+    sync = Trainer(small_config(tmp_path, out=str(tmp_path / "sync"), **overrides, **settings))
+    sync.run()
+    finish(proc)
+    mine, theirs = final_weights(tmp_path / "async"), weights(sync)
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    a, s = timeless(tmp_path / "async" / "metrics.jsonl"), timeless(tmp_path / "sync" / "metrics.jsonl")
+    assert [r["step"] for r in a] == [0, 1, 2, 3, 4, 5, 6] and a == s
+    lead = 0 if extra else 2  # partial: a response takes K = 3 iterations, which spend the lag
+    versions = [r["train/sampler_version"] for r in s if "train/sampler_version" in r]
+    assert versions == [float(max(0, b - lead)) for b in range(6)]
 
 
 @needs_gloo
@@ -354,16 +382,18 @@ def test_old_source_current_anchors_the_loss_at_the_trained_policy_not_the_sampl
     extra = ("max_staleness=2", "async_weights=fixed", "algorithm.old_source=current")
     finish(start(tmp_path, out, *extra, steps=6, eval_every=0))
     records = records_so_far(out / "metrics.jsonl")
+    assert any(r["async/lag"] > 0 for r in records)
     assert all(r["loss/behaviour_kl_k3"] < 1e-9 for r in records)
-    lagged = [r["loss/sampler_kl_k3"] for r in records if r["async/lag"] > 0]
-    assert lagged and max(lagged) > 1e-6
+    # the worker still runs the behaviour pass: entropies, and the sampler compared with its own weights
+    assert all(math.isfinite(r["train/entropy"]) for r in records)
+    assert all(r["loss/sampler_kl_k3"] < 1e-6 for r in records)
 
 
 def test_receivers_alive_sees_a_blocked_receiving_thread():
     """The check that makes a run leave with os._exit rather than abort in the process group's teardown."""
     import threading
 
-    from pmdlab.llm.pipeline import RECEIVER_THREADS, receivers_alive
+    from pmdlab.llm.rollout.transport import RECEIVER_THREADS, receivers_alive
 
     release = threading.Event()
     assert not receivers_alive()

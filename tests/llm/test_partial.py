@@ -1,12 +1,14 @@
-"""Partial rollouts (:mod:`pmdlab.llm.partial`): each token keeps the log-prob of the version that made it."""
+"""Partial rollouts (:mod:`pmdlab.llm.rollout.partial`): each token keeps the log-prob of the version
+that made it."""
 
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pmdlab.llm.partial import Group, PartialRollouts, Response, sampling_lead
 from pmdlab.llm.policy import SamplingConfig
+from pmdlab.llm.rollout.partial import Group, PartialRollouts, Response, sampling_lead
+from pmdlab.llm.tasks import make_reward
 from pmdlab.llm.train import Trainer
 from pmdlab.rl.rollout import Rollout
 
@@ -39,7 +41,10 @@ def _forward_log_probs(policy, responses: list[Response]) -> list[list[float]]:
 def test_each_token_keeps_the_log_prob_of_the_version_that_made_it(tmp_path, old_source):
     trainer = Trainer(small_config(tmp_path, sampling=SamplingConfig(max_new_tokens=3, temperature=1.5)))
     policy = trainer.policy
-    state = PartialRollouts(policy, trainer.task, trainer.reward, n=4, budget=1, old_source=old_source)
+    reward = make_reward("binary")
+    state = PartialRollouts(
+        policy, trainer.task, reward, n=4, budget=1, behaviour_pass=old_source == "trainer"
+    )
     state.start(trainer.task.train_batch(4))
     snapshots = []
     for version in range(3):  # one token per iteration, new weights each time
@@ -95,20 +100,20 @@ def test_groups_in_progress_stay_bounded_by_the_iterations_a_response_can_take(t
     """A response finishes within K = ceil(max_new_tokens / partial_tokens) iterations, so once K
     iterations have run each further one finishes the ``prompts`` groups started K before: at most
     (K + 1) * prompts groups are ever in progress, however many batches are drawn."""
-    from pmdlab.llm.partial import next_partial_batch
+    from pmdlab.llm.rollout.partial import next_partial_batch
 
     trainer = Trainer(small_config(tmp_path, sampling=SamplingConfig(max_new_tokens=5, temperature=1.5)))
     prompts, budget = 3, 2
     bound = (-(-5 // budget) + 1) * prompts
     state = PartialRollouts(
-        trainer.policy, trainer.task, trainer.reward, n=2, budget=budget, old_source="trainer"
+        trainer.policy, trainer.task, make_reward("binary"), n=2, budget=budget, behaviour_pass=True
     )
     sizes = []
     for step in range(12):
         batch = next_partial_batch(
             state, lambda: trainer.task.train_batch(prompts), prompts, step, 0, seed=step
         )
-        assert batch["rollout"].group_ids.unique().numel() == prompts
+        assert batch.rollout.group_ids.unique().numel() == prompts
         sizes.append(len(state.groups))
     assert max(sizes) <= bound and max(sizes) > 0  # some groups were carried over, never more than the bound
 

@@ -114,3 +114,27 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     checkpointed = grads()
     for a, b in zip(plain, checkpointed):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_rollouts_mask_is_the_backends_account_of_where_each_response_stopped():
+    """A backend that stops on an end token other than the tokenizer's eos (Qwen's ``<|im_end|>``
+    against ``<|endoftext|>``), with pad != eos: the rollout trains on the tokens the backend says
+    each response has, not on the padding an eos search would run into."""
+    model, tokenizer = tiny_lm()
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    stop = next(t for t in range(3, 20) if t not in (pad, eos))  # another end token
+
+    class StopsOnAnotherToken:
+        def generate(self, prompt_ids, prompt_mask, n, sampling, greedy=False):
+            rows = prompt_ids.shape[0] * n
+            tokens = torch.full((rows, 4), pad)
+            tokens[:, 0], tokens[:, 1] = 5, stop  # two tokens, then padding
+            mask = torch.zeros(rows, 4)
+            mask[:, :2] = 1.0
+            return tokens, -mask, mask
+
+    assert pad != eos
+    policy = LMPolicy(model, tokenizer, SamplingConfig(max_new_tokens=4), backend=StopsOnAnotherToken())
+    rollout = policy.sample(PROMPTS, 2)
+    assert rollout.mask.sum(1).tolist() == [2.0] * 6
+    assert rollout.mask[:, 2:].abs().sum() == 0

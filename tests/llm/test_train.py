@@ -48,9 +48,9 @@ def test_a_step_changes_the_parameters_and_logs_every_panel(tmp_path):
     assert (tmp_path / "run" / "step-000004" / "model" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize("staleness", [0, 1])
-def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, staleness, monkeypatch):
-    straight, resumed, a, b = killed_and_resumed(tmp_path, monkeypatch, staleness=staleness)
+@pytest.mark.parametrize("max_staleness", [0, 1])
+def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, max_staleness, monkeypatch):
+    straight, resumed, a, b = killed_and_resumed(tmp_path, monkeypatch, max_staleness=max_staleness)
     assert [r["step"] for r in b] == [0, 1, 2, 3, 4]
     assert a == b
     wa, wb = weights(straight), weights(resumed)
@@ -256,3 +256,57 @@ def test_a_stop_signal_checkpoints_the_step_and_resume_reaches_the_uninterrupted
         ]
 
     assert timeless(run / "metrics.jsonl") == timeless(tmp_path / "straight" / "metrics.jsonl")
+
+
+@pytest.mark.parametrize("old_source", ["trainer", "current"])
+def test_with_lagging_batches_in_one_process_current_anchors_at_the_trained_policy(tmp_path, old_source):
+    """``max_staleness=2`` in one process: with ``old_source=current`` pi_old is the policy being
+    trained (no distance between it and pi_theta before the first step), with ``trainer`` the
+    behaviour policy (a distance once the batches lag behind moved weights)."""
+    config = small_config(
+        tmp_path,
+        max_staleness=2,
+        steps=6,
+        eval_every=0,
+        algorithm=Algorithm("pmd_mean", old_source=old_source),
+    )
+    records = Trainer(config).run()
+    drift = [r["loss/behaviour_kl_k3"] for r in records]
+    if old_source == "current":
+        assert max(drift) < 1e-9
+    else:
+        assert drift[0] < 1e-9 < 1e-6 < max(drift[1:])  # batches 1, 2, ... lag behind moved weights
+
+
+def test_the_metrics_sinks_are_closed_when_a_run_fails(tmp_path, monkeypatch):
+    """A run that stops on an error (here: non-finite losses) still flushes and closes TensorBoard."""
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed")
+    import torch.utils.tensorboard as tb
+
+    calls = []
+
+    class Writer:
+        def __init__(self, logdir):
+            calls.append("open")
+
+        def add_scalar(self, *args):
+            pass
+
+        def flush(self):
+            calls.append("flush")
+
+        def close(self):
+            calls.append("close")
+
+    monkeypatch.setattr(tb, "SummaryWriter", Writer)
+    config = small_config(
+        tmp_path,
+        algorithm=PoisonedAlgorithm(name="pmd_mean", tau=1.0),
+        max_nonfinite=3,
+        steps=5,
+        eval_every=0,
+        tensorboard=True,
+    )
+    with pytest.raises(NonFiniteError):
+        Trainer(config).run()
+    assert calls == ["open", "flush", "close"]

@@ -107,3 +107,48 @@ def test_a_bare_string_names_a_nested_setting_with_a_name():
     assert cfg.algorithm.name == "grpo" and cfg.algorithm.clip_high == 0.28
     with pytest.raises(ValueError, match="algorithm"):
         parse(TrainConfig, ["algorithm=ppo"])
+
+
+def test_a_flag_sets_a_boolean_field_and_the_last_argument_wins():
+    from pmdlab.llm.settings import TrainConfig
+
+    assert TrainConfig().resume is False and parse(TrainConfig, ["--resume"]).resume is True
+    assert parse(TrainConfig, ["steps=3", "--resume"]).steps == 3
+    assert parse(TrainConfig, ["--resume", "resume=false"]).resume is False
+    assert parse(TrainConfig, ["resume=false", "--resume"]).resume is True
+    assert TrainConfig().progress is True and parse(TrainConfig, ["--no-progress"]).progress is False
+    assert parse(TrainConfig, ["--async-rollouts"]).async_rollouts is True
+    assert parse(TrainConfig, ["--async_rollouts"]).async_rollouts is True
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--frobnicate"], r"^unknown flag '--frobnicate' \(the flags are .*--resume"),
+        (["--steps"], r"^--steps is not a flag: steps is a setting of type int; write steps=VALUE$"),
+        (["--no-steps"], r"^--no-steps is not a flag: steps is a setting of type int"),
+        (["--algorithm"], r"^--algorithm is not a flag"),
+        (["--resume=true"], r"a flag takes no value; write --resume, or resume=true$"),
+        (["--lora.rank"], r"^unknown flag '--lora.rank'"),
+        (["--"], r"unexpected argument '--'"),
+    ],
+)
+def test_flag_errors_are_one_line_naming_the_flag(argv, match):
+    from pmdlab.llm.settings import TrainConfig
+
+    with pytest.raises(ValueError, match=match) as error:
+        parse(TrainConfig, argv)
+    assert "\n" not in str(error.value)
+
+
+def test_help_documents_the_flags(capsys):
+    from pmdlab.llm.settings import TrainConfig
+
+    with pytest.raises(SystemExit):
+        parse(TrainConfig, ["--help"], prog="train")
+    printed = capsys.readouterr().out
+    assert printed.startswith("usage: train [--config FILE] [--FLAG ...] [key=value ...]")
+    assert "--no-NAME is NAME=false" in printed and " --resume " in printed and "--async-rollouts" in printed
+    with pytest.raises(SystemExit):
+        parse(BanditConfig, ["--help"], prog="bandit")
+    assert "--FLAG" not in capsys.readouterr().out  # no boolean field at its top level

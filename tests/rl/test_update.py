@@ -1,5 +1,6 @@
 """The shared off-policy update: minibatching, accumulation, guards, and the algorithm table."""
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -11,7 +12,7 @@ from pmdlab.rl import losses
 from pmdlab.rl.algorithms import ALGORITHMS, Algorithm
 from pmdlab.rl.groups import Groups, advantages, grpo_advantages
 from pmdlab.rl.rollout import Rollout
-from pmdlab.rl.update import minibatches, policy_update
+from pmdlab.rl.update import DataParallel, minibatches, policy_update
 
 
 @given(
@@ -189,7 +190,7 @@ def test_old_source_sampler_trains_against_the_sampler_log_probs_without_recompu
         w.data = _setup()[1].data.clone()
         opt = torch.optim.SGD([w], lr=0.1)
         calls.clear()
-        metrics = policy_update(counting, opt, rollout, algorithm, old_logprobs=old)
+        metrics = policy_update(counting, opt, rollout, algorithm, behaviour_logprobs=old)
         return w.detach().clone(), metrics
 
     sampler_w, metrics = run(Algorithm("pmd_mean", tau=0.5, old_source="sampler"))
@@ -208,7 +209,11 @@ def run_with(rollout, old, log_probs, w):
     """The trainer-source update with ``old`` as pi_old, from the same starting weights."""
     w.data = _setup()[1].data.clone()
     policy_update(
-        log_probs, torch.optim.SGD([w], lr=0.1), rollout, Algorithm("pmd_mean", tau=0.5), old_logprobs=old
+        log_probs,
+        torch.optim.SGD([w], lr=0.1),
+        rollout,
+        Algorithm("pmd_mean", tau=0.5),
+        behaviour_logprobs=old,
     )
     return w.detach().clone(), None
 
@@ -232,3 +237,51 @@ def test_a_rollout_serialises_every_field_and_rejects_unknown_ones():
     tensors = [getattr(moved, f.name) for f in dataclasses.fields(Rollout) if f.name != "extras"]
     tensors = [t for t in tensors if isinstance(t, torch.Tensor)] + list(moved.extras.values())
     assert len(tensors) >= 5 and all(t.device.type == "meta" for t in tensors)
+
+
+@pytest.mark.parametrize("name", ["pmd_mean", "grpo"])
+def test_data_parallel_with_one_rank_is_the_single_process_update_bit_for_bit(name):
+    """``DataParallel`` whose all-reduce is the identity, at loss scale 1: the same metrics and
+    weights to the last bit; its ``no_sync`` wraps every micro-batch's backward but the last."""
+    runs, synced = [], []
+
+    @contextlib.contextmanager
+    def no_sync():
+        synced.append(True)
+        yield
+
+    for parallel in (None, DataParallel(lambda x: x), DataParallel(lambda x: x, no_sync=no_sync)):
+        rollout, w, log_probs = _setup()
+        rollout.sampler_logprobs = log_probs(rollout).detach() * 0.9  # so the mismatch keys appear too
+        metrics = policy_update(
+            log_probs,
+            torch.optim.Adam([w], lr=0.1),
+            rollout,
+            Algorithm(name, tau=0.5),
+            num_minibatches=2,
+            epochs=2,
+            generator=torch.Generator().manual_seed(3),
+            micro_batches=lambda sub: list(torch.tensor_split(torch.arange(len(sub)), 3)),
+            parameters=[w],
+            max_grad_norm=0.5,
+            parallel=parallel,
+        )
+        runs.append((metrics, w.detach().clone()))
+    for metrics, weights in runs[1:]:
+        assert list(metrics.items()) == list(runs[0][0].items())
+        assert torch.equal(weights, runs[0][1])
+    assert "sampler_abs_diff" in runs[0][0] and runs[0][0]["optimizer_steps"] == 4
+    assert len(synced) == 4 * 2  # 4 minibatch steps, 3 micro-batches each
+
+
+def test_data_parallel_loss_scale_multiplies_each_backward_pass():
+    grads = []
+    for scale in (1.0, 3.0):
+        rollout, w, log_probs = _setup()
+        opt = torch.optim.SGD([w], lr=0.0)
+        policy_update(
+            log_probs, opt, rollout, Algorithm(), parallel=DataParallel(lambda x: x, loss_scale=scale)
+        )
+        grads.append(w.grad.clone())
+    torch.testing.assert_close(grads[1], 3.0 * grads[0], rtol=1e-12, atol=0.0)
+    assert grads[0].abs().max() > 1e-3

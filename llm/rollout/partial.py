@@ -13,9 +13,9 @@ once ``K`` have run every further iteration finishes the groups started ``K``
 before it: at most ``(K + 1) * prompts`` groups are ever in progress (tested).
 
 Every token keeps the version that produced it and its ``log pi_old``
-under that version's weights (the sampler's own log-probs with
-``old_source="sampler"``, else a forward pass of those weights over the
-prompt and the response so far), so the loss's ratio for token ``t`` is
+under that version's weights (a forward pass of those weights over the
+prompt and the response so far; with ``old_source="sampler"`` the sampler's
+own log-probs, and the batch carries no behaviour log-probs), so the loss's ratio for token ``t`` is
 ``pi_theta(y_t | x, y_<t) / pi_{v_t}(y_t | x, y_<t)``: the policy that
 actually sampled it. A group any of whose tokens would lag more than
 ``max_staleness`` versions at the step it is trained on is dropped and
@@ -42,8 +42,7 @@ import torch
 
 from pmdlab.rl.rollout import Rollout
 
-from .policy import response_mask
-from .rollouts import batch_stats
+from .batch import ScoredBatch, batch_stats
 
 __all__ = ["PartialRollouts", "Response", "next_partial_batch", "sampling_lead"]
 
@@ -94,11 +93,11 @@ class Group:
 class PartialRollouts:
     """A worker's partial-rollout state: the groups in progress, oldest first (see the module docstring)."""
 
-    def __init__(self, policy, task, reward, n: int, budget: int, old_source: str):
+    def __init__(self, policy, task, reward, n: int, budget: int, behaviour_pass: bool):
         if budget < 1:
             raise ValueError(f"partial_tokens must be at least 1, got {budget}")
         self.policy, self.task, self.reward, self.n = policy, task, reward, n
-        self.budget, self.old_source = budget, old_source
+        self.budget, self.behaviour_pass = budget, behaviour_pass
         self.groups: list[Group] = []
         self.dropped = 0
 
@@ -135,11 +134,10 @@ class PartialRollouts:
         ids = torch.tensor([[pad] * (width - len(x)) + x for x in rows], device=device)
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in rows], device=device)
         sampling = dataclasses.replace(policy.sampling, max_new_tokens=self.budget)
-        tokens, sampler = policy.backend.generate(ids, mask, 1, sampling)
-        rmask = response_mask(tokens, policy.tokenizer.eos_token_id)
+        tokens, sampler, rmask = policy.backend.generate(ids, mask, 1, sampling)
         allowance = torch.tensor([limit - len(r.tokens) for r in active], device=device)
         rmask = rmask * (torch.arange(tokens.shape[1], device=device) < allowance[:, None])
-        if self.old_source == "sampler":
+        if not self.behaviour_pass:
             old = sampler
         else:  # this version's log-probs of the new tokens, given everything before them
             segment = Rollout(
@@ -159,7 +157,9 @@ class PartialRollouts:
             r.old += old[i, :count].tolist()
             r.sampler += sampler[i, :count].tolist()
             r.versions += [version] * count
-            r.done = (count > 0 and new[-1] == eos) or len(r.tokens) >= limit
+            # a response that stopped short of its budget ended (on whichever end token the backend
+            # stopped); one that used it all ended if its last token is the eos
+            r.done = count < self.budget or (count > 0 and new[-1] == eos) or len(r.tokens) >= limit
             made += count
         return made
 
@@ -180,8 +180,8 @@ class PartialRollouts:
         self.groups = [g for g in self.groups if id(g) not in taken]
         return finished
 
-    def batch(self, groups: list[Group], version: int, elapsed: float) -> dict:
-        """The finished ``groups`` as a scored batch (the format of :func:`.rollouts.generate_batch`)."""
+    def batch(self, groups: list[Group], version: int, elapsed: float) -> ScoredBatch:
+        """The finished ``groups`` as a scored batch."""
         policy, n = self.policy, self.n
         responses = [r for g in groups for r in g.responses]
         device = policy.device
@@ -203,7 +203,7 @@ class PartialRollouts:
             mask=mask,
             sampler_logprobs=torch.tensor(right([r.sampler for r in responses], 0.0)),
             prompts=prompts,
-            extras={"prompt_mask": pmask, "versions": versions},
+            extras={"prompt_mask": pmask},
         )
         texts = policy.tokenizer.batch_decode([r.tokens for r in responses], skip_special_tokens=True)
         hits = [self.task.is_correct(t, groups[i // n].problem) for i, t in enumerate(texts)]
@@ -215,14 +215,19 @@ class PartialRollouts:
             "async/partial_carried": float(sum(not r.done for g in self.groups for r in g.responses)),
             "async/dropped_groups": float(self.dropped),
         }
-        rollout = rollout.to(device)
         old = torch.tensor(right([r.old for r in responses], 0.0), device=device)
-        return {"rollout": rollout, "old": old, "stats": stats, "version": int(versions[mask > 0].min())}
+        return ScoredBatch(
+            rollout=rollout.to(device),
+            behaviour=old if self.behaviour_pass else None,
+            version=int(versions[mask > 0].min()),
+            stats=stats,
+            versions=versions.to(device),
+        )
 
 
 def next_partial_batch(
     state: PartialRollouts, draw, prompts: int, version: int, floor: int, seed: int
-) -> dict:
+) -> ScoredBatch:
     """Iterate (new problems from ``draw()``, every response ``budget`` tokens further) until
     ``prompts`` groups are finished; the batch of the oldest of them."""
     start = time.perf_counter()

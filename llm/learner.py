@@ -1,0 +1,131 @@
+"""The learner: the model being trained, its optimiser and schedule, and one update per batch.
+
+It holds the data-parallel model (FSDP2 or DDP over the training ranks,
+:mod:`.distributed`), AdamW over the trainable parameters (with LoRA, the
+adapters), a linear warm-up, and the count of optimiser updates in a row
+that had a non-finite loss or gradient. ``update(batch)`` runs
+:func:`pmdlab.rl.update.policy_update` on a :class:`~.rollout.batch.ScoredBatch`
+(π_old chosen by :func:`pmdlab.rl.anchor.anchor_logprobs` from the batch's
+behaviour log-probs: the learner never decides it) and returns the step's
+record; its :meth:`Learner.state_dict` is what a checkpoint needs of it.
+The learner's ``version`` is the number of updates done: the policy version
+its weights are.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from pmdlab.rl.update import DataParallel, policy_update
+
+from . import build, distributed
+
+__all__ = ["Learner", "NonFiniteError"]
+
+
+class NonFiniteError(RuntimeError):
+    """Too many optimiser updates in a row had a non-finite loss or gradient."""
+
+
+class Learner:
+    """The trained policy of ``config`` on this rank (see the module docstring)."""
+
+    def __init__(self, config, ctx: distributed.Context, path: Path, adapter: Path | None = None):
+        self.config, self.ctx = config, ctx
+        model, tokenizer = build.load_trainable(config, path, adapter, ctx.device)
+        strategy = "ddp" if config.rollout_backend == "vllm" else config.parallel
+        self.model = distributed.wrap(model, ctx, strategy)
+        self.policy = build.make_policy(config, self.model, tokenizer, path, ctx.device)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]  # with LoRA, the adapters
+        self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
+        warm = config.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
+        )
+        self.version = 0
+        self.nonfinite_streak = 0
+
+    def update(self, batch) -> dict[str, float]:
+        """``minibatches x epochs`` optimiser steps on ``batch``; the step's record (``loss/*``, ``train/*``,
+        ``perf/update_*``)."""
+        cfg, rollout = self.config, batch.rollout
+        backend = self.policy.backend
+        if hasattr(backend, "sleep"):
+            backend.sleep()  # a colocated engine frees its GPU memory for the update
+        start = time.perf_counter()
+        metrics = policy_update(
+            self.policy.log_probs,
+            self.optimizer,
+            rollout,
+            cfg.algorithm,
+            num_minibatches=cfg.minibatches,
+            epochs=cfg.epochs,
+            generator=torch.Generator().manual_seed(build.seed_of(cfg.seed, self.version, 2)),
+            behaviour_logprobs=batch.behaviour,
+            anchor_log_probs=self._whole_batch_log_probs,
+            micro_batches=self._micro_batches,
+            parameters=list(self.policy.parameters()),
+            max_grad_norm=cfg.max_grad_norm,
+            parallel=self._parallel(),
+        )
+        metrics = distributed.mean_over_ranks(metrics, self.ctx)
+        if hasattr(backend, "update_weights"):
+            backend.update_weights(distributed.unwrap(self.model))
+        elapsed = time.perf_counter() - start
+        if metrics["optimizer_steps"] > 0:  # the schedule counts steps that updated the weights
+            self.scheduler.step()
+            self.nonfinite_streak = int(metrics["trailing_skipped_steps"])
+        else:
+            self.nonfinite_streak += int(metrics["skipped_steps"])
+        self.version += 1
+        record = {f"loss/{k}": v for k, v in metrics.items() if k != "grad_norm"}
+        record["train/grad_norm"] = metrics.get("grad_norm", float("nan"))
+        record["train/lr"] = self.scheduler.get_last_lr()[0]
+        record["perf/update_s"] = elapsed
+        record["perf/update_tokens_per_s"] = float(rollout.mask.sum()) * cfg.epochs / elapsed
+        record["train/nonfinite_streak"] = float(self.nonfinite_streak)
+        return record
+
+    def check_finite(self, run_dir: Path) -> None:
+        """Raise :class:`NonFiniteError` once ``max_nonfinite`` updates in a row were skipped."""
+        if self.nonfinite_streak >= self.config.max_nonfinite:
+            raise NonFiniteError(
+                f"{self.nonfinite_streak} optimiser updates in a row had a non-finite loss or "
+                f"gradient (max_nonfinite={self.config.max_nonfinite}); stopped at step {self.version}. "
+                f"The last checkpoint in {run_dir} holds finite weights."
+            )
+
+    def _whole_batch_log_probs(self, rollout) -> torch.Tensor:
+        """The current policy's log-probs of a whole batch, no gradient, micro-batched (the anchor of
+        ``old_source=current``); under FSDP2 with the full weights held, as ranks' counts may differ."""
+        with distributed.gathered(self.model):
+            return self.policy.log_probs_and_entropy(rollout)[0]
+
+    def _micro_batches(self, rollout) -> list[torch.Tensor]:
+        return distributed.same_count_batches(self.policy.micro_batches(rollout), self.ctx)
+
+    def _parallel(self) -> DataParallel | None:
+        if not self.ctx.distributed:
+            return None
+        return DataParallel(
+            distributed.all_reduce_sum, float(self.ctx.world_size), distributed.no_sync(self.model)
+        )
+
+    def state_dict(self) -> dict:
+        """Optimiser (gathered in full under FSDP2: every rank calls this), schedule, version, streak."""
+        return {
+            "optimizer": distributed.full_optimizer_state(self.model, self.optimizer),
+            "scheduler": self.scheduler.state_dict(),
+            "version": self.version,
+            "nonfinite_streak": self.nonfinite_streak,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict` (the weights were loaded from the checkpoint's model folder)."""
+        distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.version = state["version"]
+        self.nonfinite_streak = state["nonfinite_streak"]
