@@ -90,12 +90,12 @@ def publish(model, ctx: distributed.Context) -> None:
         dist.broadcast(flat.to(ctx.device), src=0, group=ctx.publish_group)
 
 
-#: The names of the pipeline's receiving threads.
+#: The names of the receiving threads (weights on a worker, batches on training rank 0).
 RECEIVER_THREADS = ("weights", "batches")
 
 
 def receivers_alive() -> bool:
-    """Whether a pipeline thread may still be blocked in a collective (receiving weights or batches).
+    """Whether a receiving thread may still be blocked in a collective (receiving weights or batches).
 
     A process must not reach interpreter exit like that: the process group's C++ state is torn down
     under the blocked call and the process aborts (``terminate called without an active exception``,
