@@ -12,10 +12,14 @@ Measured in the same run, on the same batch:
    bookkeeping), and the share spent in the loss itself.
 3. With ``--lora-rank R``: the same update with LoRA adapters, and the peak
    resident memory of a process that runs the step with and without them.
+4. With ``--dtypes float32,bfloat16``: each configuration in each compute
+   precision (bfloat16: float32 weights, bfloat16 autocast, as the trainer's
+   ``dtype=bfloat16``; the floors under the same autocast), and the speed-ups.
 
     python benchmarks/llm_step.py                                   # the embedded tiny model
     python benchmarks/llm_step.py --model smollm2-135m-instruct --prompts 8 --n 4 --max-new-tokens 16
     python benchmarks/llm_step.py --model PATH --lora-rank 16
+    python benchmarks/llm_step.py --model smollm2-135m-instruct --dtypes float32,bfloat16
 """
 
 from __future__ import annotations
@@ -111,7 +115,16 @@ def measure(args) -> dict:
     if args.lora_rank:
         model = with_lora(model, args.lora_rank)
     sampling = SamplingConfig(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
-    policy = LMPolicy(model, tokenizer, sampling, chat_template=chat, system_prompt="" if chat else None)
+    compute = None if args.dtype == "float32" else getattr(torch, args.dtype)
+    policy = LMPolicy(
+        model,
+        tokenizer,
+        sampling,
+        chat_template=chat,
+        system_prompt="" if chat else None,
+        compute_dtype=compute,
+    )
+    autocast = torch.autocast("cpu", dtype=compute, enabled=compute is not None)
     prompts = [p.prompt for p in task.train_batch(args.prompts)]
     algorithm = Algorithm(args.algorithm, tau=1.0)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
@@ -123,7 +136,7 @@ def measure(args) -> dict:
     ids, mask = policy.encode(prompts)
 
     def bare_generate():
-        with torch.no_grad():
+        with torch.no_grad(), autocast:
             model.generate(
                 input_ids=ids,
                 attention_mask=mask,
@@ -151,7 +164,8 @@ def measure(args) -> dict:
     out["update_s"] = timed(update, args.repeats)
     groups = Groups.from_ids(rollout.group_ids)
     parts = minibatches(groups, args.minibatches, torch.Generator().manual_seed(0))
-    out["forward_backward_s"] = timed(bare_forward_backward(model, rollout, parts), args.repeats)
+    with autocast:
+        out["forward_backward_s"] = timed(bare_forward_backward(model, rollout, parts), args.repeats)
 
     advantages = algorithm.advantages(rollout.rewards, groups)
     with torch.no_grad():
@@ -176,7 +190,8 @@ def measure(args) -> dict:
 def report(args, r: dict) -> None:
     name = "tiny model" if args.model == "tiny" else args.model
     print(
-        f"{name} ({r['parameters'] / 1e6:.1f} M parameters, {r['trainable'] / 1e6:.2f} M trainable), "
+        f"{name}, {args.dtype} compute ({r['parameters'] / 1e6:.1f} M parameters, "
+        f"{r['trainable'] / 1e6:.2f} M trainable), "
         f"{args.prompts} prompts x {args.n} responses, {r['tokens']:.0f} response tokens, "
         f"threads = {r['threads']}"
     )
@@ -217,27 +232,37 @@ def main() -> None:
     parser.add_argument(
         "--prompt-by-prompt", action="store_true", help="also time generating prompt by prompt"
     )
+    parser.add_argument("--dtypes", default="float32", help="compute precisions, e.g. float32,bfloat16")
+    parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)  # one measurement's
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # one measurement, as JSON
     args = parser.parse_args()
     if args.json:
         print(json.dumps(measure(args)))
         return
     # Each configuration in its own process, so that its peak memory is its own.
-    configs = [0] + ([args.lora_rank] if args.lora_rank else [])
     argv, skip = [], False
     for a in sys.argv[1:]:
-        if skip or a.startswith("--lora-rank"):
-            skip = a == "--lora-rank"
+        if skip or a.startswith(("--lora-rank", "--dtypes")):
+            skip = a in ("--lora-rank", "--dtypes")
             continue
         argv.append(a)
-    for rank in configs:
-        cmd = [sys.executable, __file__, *argv, "--json", "--lora-rank", str(rank)]
-        result = json.loads(
-            subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+    results = {}
+    for dtype in args.dtypes.split(","):
+        for rank in [0] + ([args.lora_rank] if args.lora_rank else []):
+            cmd = [sys.executable, __file__, *argv, "--json", "--lora-rank", str(rank), "--dtype", dtype]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1]
+            results[dtype, rank] = json.loads(out)
+            if rank:
+                print(f"\nwith LoRA rank {rank} (all linear layers):")
+            args.dtype = dtype
+            report(args, results[dtype, rank])
+            print()
+    if ("float32", 0) in results and ("bfloat16", 0) in results:
+        a, b = results["float32", 0], results["bfloat16", 0]
+        print(
+            f"bfloat16 against float32: update {a['update_s'] / b['update_s']:.2f}x faster, "
+            f"rollout {a['rollout_s'] / b['rollout_s']:.2f}x faster"
         )
-        if rank:
-            print(f"\nwith LoRA rank {rank} (all linear layers):")
-        report(args, result)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ def make_task(config: TrainConfig):
 
 
 def resolve_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
-    """``config.dtype``; ``auto`` is bfloat16 on a GPU and float32 on a CPU."""
+    """The compute dtype, ``config.dtype``; ``auto`` is bfloat16 on a GPU and float32 on a CPU.
+    The weights themselves are always float32 (the masters of mixed precision)."""
     if config.dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     return getattr(torch, config.dtype)
@@ -88,17 +89,18 @@ def model_path(config: TrainConfig, task, ctx, checkpoint_dir: Path | None) -> P
 
 
 def load_model(path: str | Path, config: TrainConfig, device: torch.device):
-    """Model and tokenizer from a local folder (no download: ``local_files_only``)."""
+    """Model and tokenizer from a local folder (no download: ``local_files_only``), the weights in
+    float32 whatever the compute dtype (mixed precision keeps float32 masters: a bfloat16 weight
+    rounds away an update below 2^-8 of itself)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
-    dtype = resolve_dtype(config, device)
     kwargs = dict(local_files_only=True, trust_remote_code=config.trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs).to(device)
     except Exception as e:  # a damaged or incomplete folder (safetensors, JSON, missing files)
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ValueError(f"cannot load the model in {path}: {type(e).__name__}: {reason}") from None
@@ -161,7 +163,10 @@ def make_backend(
             trust_remote_code=config.trust_remote_code,
             enforce_eager=enforce_eager,
         )
-    return GenerateBackend(distributed.unwrap(model), tokenizer)
+    compute = resolve_dtype(config, device)
+    return GenerateBackend(
+        distributed.unwrap(model), tokenizer, compute_dtype=None if compute == torch.float32 else compute
+    )
 
 
 def load_trainable(config: TrainConfig, path: str | Path, adapter: str | Path | None, device: torch.device):
@@ -175,13 +180,17 @@ def load_trainable(config: TrainConfig, path: str | Path, adapter: str | Path | 
 
 
 def make_policy(config: TrainConfig, model, tokenizer, path: Path, device: torch.device) -> LMPolicy:
-    """``model`` (possibly data-parallel wrapped) as a policy, sampling through :func:`make_backend`."""
+    """``model`` (possibly data-parallel wrapped) as a policy, sampling through :func:`make_backend`;
+    with a bfloat16 compute dtype every forward pass runs under autocast."""
+    compute = resolve_dtype(config, device)
     return LMPolicy(
         model,
         tokenizer,
         config.sampling,
         token_budget=config.token_budget,
+        logit_chunk=config.logit_chunk,
         chat_template=config.chat_template,
         system_prompt=config.system_prompt,
         backend=make_backend(config, model, tokenizer, path, device),
+        compute_dtype=None if compute == torch.float32 else compute,
     )

@@ -165,8 +165,14 @@ def mean_over_ranks(metrics: dict[str, float], ctx: Context) -> dict[str, float]
     return dict(zip(keys, (values / ctx.world_size).tolist()))
 
 
-def wrap(model: torch.nn.Module, ctx: Context, strategy: str = "auto") -> torch.nn.Module:
-    """FSDP2 (``fsdp``), DDP (``ddp``), or ``auto``: FSDP2 on GPUs where available, else DDP."""
+def wrap(
+    model: torch.nn.Module, ctx: Context, strategy: str = "auto", compute_dtype: torch.dtype | None = None
+) -> torch.nn.Module:
+    """FSDP2 (``fsdp``), DDP (``ddp``), or ``auto``: FSDP2 on GPUs where available, else DDP.
+
+    ``compute_dtype`` (bfloat16: mixed precision) gives FSDP2 a ``MixedPrecisionPolicy``: the
+    float32 shards are all-gathered as bfloat16 for compute and gradients are reduced in float32
+    (DDP reduces the float32 gradients of the float32 masters as they are)."""
     if strategy not in ("auto", "fsdp", "ddp"):
         raise ValueError(f"parallel must be auto, fsdp or ddp, got {strategy!r}")
     if not ctx.distributed:
@@ -176,6 +182,10 @@ def wrap(model: torch.nn.Module, ctx: Context, strategy: str = "auto") -> torch.
         raise ValueError("parallel=fsdp needs torch.distributed.fsdp.fully_shard (PyTorch >= 2.6)")
     if strategy == "fsdp" or (strategy == "auto" and fully_shard is not None and ctx.device.type == "cuda"):
         options = {}
+        if compute_dtype is not None and compute_dtype != torch.float32:
+            from torch.distributed.fsdp import MixedPrecisionPolicy
+
+            options["mp_policy"] = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
         if _TRAIN_GROUP is not None:  # the training ranks only
             from torch.distributed.device_mesh import DeviceMesh
 

@@ -21,7 +21,8 @@ import torch
 
 from pmdlab.rl.update import DataParallel, policy_update
 
-from . import build, distributed
+from . import build, distributed, flops
+from .policy import padding_share
 
 __all__ = ["Learner", "NonFiniteError"]
 
@@ -37,7 +38,9 @@ class Learner:
         self.config, self.ctx = config, ctx
         model, tokenizer = build.load_trainable(config, path, adapter, ctx.device)
         strategy = "ddp" if config.rollout_backend == "vllm" else config.parallel
-        self.model = distributed.wrap(model, ctx, strategy)
+        #: the dtype the update's matmuls run in (bfloat16: mixed precision), which MFU's peak is for
+        self.compute_dtype = build.resolve_dtype(config, ctx.device)
+        self.model = distributed.wrap(model, ctx, strategy, self.compute_dtype)
         self.policy = build.make_policy(config, self.model, tokenizer, path, ctx.device)
         trainable = [p for p in self.model.parameters() if p.requires_grad]  # with LoRA, the adapters
         self.optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay)
@@ -47,6 +50,14 @@ class Learner:
         )
         self.version = 0
         self.nonfinite_streak = 0
+        inner = distributed.unwrap(self.model)
+        try:
+            self._shape = flops.model_shape(flops.config_of(inner))
+        except ValueError:  # a model the dense formula does not cover: its perf/ FLOPs are nan
+            self._shape = None
+        self._lora = flops.lora_layout(inner)
+        self._anchor_passes = 0  # whole-batch no-grad passes of the current update
+        self.peak: tuple[float, str] | None = None  # (peak FLOP/s of one device, its source), on first use
 
     def update(self, batch) -> dict[str, float]:
         """``minibatches x epochs`` optimiser steps on ``batch``; the step's record (``loss/*``, ``train/*``,
@@ -55,6 +66,7 @@ class Learner:
         backend = self.policy.backend
         if hasattr(backend, "sleep"):
             backend.sleep()  # a colocated engine frees its GPU memory for the update
+        self._anchor_passes, self._padding = 0, []
         start = time.perf_counter()
         metrics = policy_update(
             self.policy.log_probs,
@@ -71,7 +83,9 @@ class Learner:
             max_grad_norm=cfg.max_grad_norm,
             parallel=self._parallel(),
         )
+        metrics["update_flops"] = self._update_flops(rollout)  # this rank's, summed over ranks below
         metrics = distributed.mean_over_ranks(metrics, self.ctx)
+        update_flops = metrics.pop("update_flops") * self.ctx.world_size
         if hasattr(backend, "update_weights"):
             backend.update_weights(distributed.unwrap(self.model))
         elapsed = time.perf_counter() - start
@@ -87,7 +101,34 @@ class Learner:
         record["perf/update_s"] = elapsed
         record["perf/update_tokens_per_s"] = float(rollout.mask.sum()) * cfg.epochs / elapsed
         record["train/nonfinite_streak"] = float(self.nonfinite_streak)
+        record["perf/padding_share"] = sum(self._padding) / len(self._padding)
+        if self.peak is None:
+            self.peak = flops.peak_flops(self.ctx.device, self.compute_dtype)
+        record["perf/update_flops"] = update_flops
+        record["perf/update_tflops_per_s"] = update_flops / elapsed / 1e12
+        record["perf/mfu"] = flops.mfu(update_flops, elapsed, self.peak[0], devices=self.ctx.world_size)
         return record
+
+    def _update_flops(self, rollout) -> float:
+        """This rank's model FLOPs of the update just made (:mod:`.flops`): the forward and backward
+        passes over its rows, ``epochs`` times, and the whole-batch no-grad passes it made for
+        ``pi_old`` (``old_source=current``); from the rows' real prompt and response lengths."""
+        if self._shape is None:
+            return float("nan")
+        prompt, response = rollout.extras["prompt_mask"].sum(1), rollout.mask.sum(1)
+        frozen, adapters = self._lora
+        trained = flops.update_flops(
+            self._shape,
+            prompt,
+            response,
+            epochs=self.config.epochs,
+            frozen_base=frozen,
+            adapter_params=adapters,
+        )
+        if not self._anchor_passes:
+            return trained
+        forward = flops.forward_flops(self._shape, prompt, response, adapter_params=adapters)
+        return trained + self._anchor_passes * forward
 
     def check_finite(self, run_dir: Path) -> None:
         """Raise :class:`NonFiniteError` once ``max_nonfinite`` updates in a row were skipped."""
@@ -101,11 +142,16 @@ class Learner:
     def _whole_batch_log_probs(self, rollout) -> torch.Tensor:
         """The current policy's log-probs of a whole batch, no gradient, micro-batched (the anchor of
         ``old_source=current``); under FSDP2 with the full weights held, as ranks' counts may differ."""
+        self._anchor_passes += 1
         with distributed.gathered(self.model):
             return self.policy.log_probs_and_entropy(rollout)[0]
 
     def _micro_batches(self, rollout) -> list[torch.Tensor]:
-        return distributed.same_count_batches(self.policy.micro_batches(rollout), self.ctx)
+        """A minibatch's micro-batches (formed by length, as many on every rank); their padded share
+        of the token slots is logged as ``perf/padding_share``, the mean over the update."""
+        parts = distributed.same_count_batches(self.policy.micro_batches(rollout), self.ctx)
+        self._padding.append(padding_share(rollout, parts))
+        return parts
 
     def _parallel(self) -> DataParallel | None:
         if not self.ctx.distributed:

@@ -15,10 +15,16 @@
 Sequences are laid out ``[left-padded prompt | right-padded response]``;
 position ids count real tokens only (``cumsum(attention_mask) - 1``), as
 ``generate`` does, so the trainer's and the sampler's log-probs agree.
+No ``(rows x tokens x vocabulary)`` tensor is made: the sampler keeps one
+step's scores at a time, the trainer's log-probs and entropies are reduced
+``logit_chunk`` positions at a time (:mod:`.logprobs`), and micro-batches
+group responses of similar lengths (:func:`length_sorted_batches`,
+:func:`padding_share`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -27,11 +33,16 @@ import torch
 
 from pmdlab.rl.rollout import Rollout
 
+from .logprobs import response_log_probs
+
 __all__ = [
     "GenerateBackend",
     "LMPolicy",
     "RolloutBackend",
     "SamplingConfig",
+    "autocast",
+    "length_sorted_batches",
+    "padding_share",
     "response_mask",
     "token_budget_batches",
 ]
@@ -103,19 +114,57 @@ class RolloutBackend(Protocol):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
 
 
+class _ChosenLogProbs:
+    """A ``transformers`` logits processor, the last of ``generate``'s list: it leaves the scores
+    alone and records ``log q(y_t)`` of each chosen token under the distribution ``q = softmax(s_t)``
+    of the processed scores ``s_t`` it was drawn from.
+
+    The token chosen at step ``t`` is only known at step ``t + 1`` (the last of ``input_ids``), or
+    from the returned sequences for the last step (:meth:`finish`), so it keeps step ``t``'s
+    ``log_softmax(s_t)`` (rows, vocabulary) until then: one step's worth of memory.
+    """
+
+    def __init__(self, prompt_width: int):
+        self.prompt_width, self.held, self.values = prompt_width, None, []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.held is not None:
+            self.values.append(self.held.gather(1, input_ids[:, -1:]).squeeze(1))
+            self.held = None  # freed before the next one is made
+        self.held = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, sequences: torch.Tensor) -> torch.Tensor:
+        """``log q`` (rows, steps) of the generated tokens ``sequences[:, prompt_width:]`` (steps that
+        ``generate`` undid are dropped)."""
+        steps = sequences.shape[1] - self.prompt_width
+        values = self.values[:steps]
+        if len(values) < steps:
+            values.append(self.held.gather(1, sequences[:, -1:]).squeeze(1))
+        self.held, self.values = None, []
+        return torch.stack(values, 1) if values else sequences.new_zeros(sequences.shape[0], 0).float()
+
+
 class GenerateBackend:
     """``transformers``' ``model.generate``: batched sampling with temperature and top-p.
 
-    The sampler's log-probs are those of the processed scores (after the
-    temperature and top-p warpers), so they are the log-probs of the
-    distribution each token was actually drawn from. Sampling uses torch's
-    global random generator (seed it for reproducible rollouts). Ranks generate
-    independently (``synced_gpus=False``): under FSDP2 the trainer holds the full
-    parameters while it samples (:func:`pmdlab.llm.distributed.gathered`).
+    The sampler's log-probs are those of the processed scores (after the temperature and
+    top-p warpers): of the distribution each token was drawn from, gathered step by step by
+    a logits processor after the warpers (:class:`_ChosenLogProbs`). ``generate`` puts custom
+    processors before its own warpers, so the warpers are passed here, ahead of the recorder,
+    and ``generate``'s own are off (temperature 1, top-p 1, no top-k, min-p, typical, epsilon
+    or eta cut-off from the model's generation config: the distribution is the
+    :class:`SamplingConfig`'s). Sampling uses torch's global random generator. Ranks generate
+    independently (``synced_gpus=False``): under FSDP2 the trainer holds the full parameters
+    while it samples (:func:`pmdlab.llm.distributed.gathered`). ``compute_dtype`` (e.g.
+    ``torch.bfloat16``): the forward passes run under ``torch.autocast`` in that dtype.
     """
 
-    def __init__(self, model, tokenizer, max_batch: int | None = None):
+    def __init__(
+        self, model, tokenizer, max_batch: int | None = None, compute_dtype: torch.dtype | None = None
+    ):
         self.model, self.tokenizer, self.max_batch = model, tokenizer, max_batch
+        self.compute_dtype = compute_dtype
 
     @torch.no_grad()
     def generate(self, prompt_ids, prompt_mask, n, sampling, greedy=False):
@@ -134,52 +183,59 @@ class GenerateBackend:
         logps = torch.cat([torch.nn.functional.pad(lp, (0, width - lp.shape[1])) for _, lp in chunks])
         # generate stops each row at the tokenizer's eos (the only end token it is given)
         mask = response_mask(tokens, self.tokenizer.eos_token_id)
-        return tokens, logps * mask, mask
+        return tokens, torch.where(mask > 0, logps, 0.0), mask
 
     def _generate(self, ids, mask, sampling, greedy):
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        recorder = _ChosenLogProbs(ids.shape[1])
+        warpers = []
+        if not greedy and sampling.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(sampling.temperature))
+        if not greedy and sampling.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(sampling.top_p))
+        off = {}  # generate's own warpers (sampling only)
+        if not greedy:
+            off = dict(temperature=1.0, top_p=1.0, top_k=0, min_p=None, typical_p=1.0)
+            off.update(epsilon_cutoff=0.0, eta_cutoff=0.0)
         was_training = self.model.training
         self.model.eval()
-        kwargs = (
-            dict(do_sample=False)
-            if greedy
-            else dict(
-                do_sample=True,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                top_k=0,
-            )
-        )
         try:
-            out = self.model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=sampling.max_new_tokens,
-                output_scores=True,
-                return_dict_in_generate=True,
-                synced_gpus=False,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-                **kwargs,
-            )
+            with autocast(self.model, self.compute_dtype):
+                sequences = self.model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=sampling.max_new_tokens,
+                    logits_processor=LogitsProcessorList([*warpers, recorder]),
+                    do_sample=not greedy,
+                    synced_gpus=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                    **off,
+                )
         finally:
             self.model.train(was_training)
-        tokens = out.sequences[:, ids.shape[1] :]
-        scores = torch.stack(out.scores, dim=1).float()  # (B, T, V), processed
-        return tokens, torch.log_softmax(scores, dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+        sequences = getattr(sequences, "sequences", sequences)  # a generation config may ask for a dict
+        return sequences[:, ids.shape[1] :], recorder.finish(sequences)
 
 
-def _token_log_probs(logp: torch.Tensor, rollout: Rollout) -> torch.Tensor:
-    """``log p(y_t)`` of the response tokens from log-softmax ``logp`` (B, W, V); 0 on padding."""
-    width = logp.shape[1]
-    tokens = rollout.tokens[:, :width].unsqueeze(-1)
-    return logp.gather(-1, tokens).squeeze(-1) * rollout.mask[:, :width]
+def autocast(model, dtype: torch.dtype | None):
+    """``torch.autocast`` in ``dtype`` on the model's device type (nothing when ``dtype`` is None)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=next(model.parameters()).device.type, dtype=dtype)
 
 
 class LMPolicy:
     """A causal LM with its tokenizer as a policy (see the module docstring).
 
     ``token_budget`` bounds the padded tokens of one forward pass (the
-    micro-batcher of :meth:`micro_batches`); ``chat_template`` wraps each
+    micro-batcher of :meth:`micro_batches`); ``logit_chunk`` is how many response
+    positions reach the LM head at once (the peak memory of the log-probs is two or three
+    ``logit_chunk x vocabulary`` float32 tensors, :mod:`.logprobs`); ``compute_dtype``
+    (e.g. ``torch.bfloat16``): every forward pass, sampling with the default backend included,
+    runs under ``torch.autocast`` in that dtype while the weights stay as they are
+    (log-probs and entropies come back in float32); ``chat_template`` wraps each
     prompt as a user turn with the tokenizer's chat template, after ``system_prompt``
     (``None``: the template's own default; ``""``: an empty one, which saves the
     default's tokens in every sequence).
@@ -195,14 +251,19 @@ class LMPolicy:
         token_budget: int = 16384,
         chat_template: bool = False,
         system_prompt: str | None = None,
+        logit_chunk: int = 1024,
+        compute_dtype: torch.dtype | None = None,
     ):
+        if logit_chunk < 1:
+            raise ValueError(f"logit_chunk must be at least 1, got {logit_chunk}")
         if tokenizer.pad_token_id is None:
             if tokenizer.eos_token_id is None:
                 raise ValueError("the tokenizer has neither a pad nor an end-of-sequence token")
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
         self.model, self.tokenizer, self.sampling = model, tokenizer, sampling
-        self.backend = backend or GenerateBackend(model, tokenizer)
+        self.backend = backend or GenerateBackend(model, tokenizer, compute_dtype=compute_dtype)
+        self.logit_chunk, self.compute_dtype = logit_chunk, compute_dtype
         self.token_budget, self.chat_template, self.system_prompt = token_budget, chat_template, system_prompt
 
     @property
@@ -249,51 +310,85 @@ class LMPolicy:
         rows = [t[m > 0].tolist() for t, m in zip(rollout.tokens, rollout.mask)]
         return self.tokenizer.batch_decode(rows, skip_special_tokens=True)
 
-    def _forward(self, rollout: Rollout) -> tuple[torch.Tensor, int]:
-        """Logits ``(B, W, V)`` for the first ``W`` response positions (divided by the temperature),
-        and the padding ``T - W`` beyond the longest response."""
-        width = int(rollout.mask.sum(1).max().item()) if len(rollout) else 0
-        width = max(width, 1)
-        tokens, rmask = rollout.tokens[:, :width], rollout.mask[:, :width]
-        pmask = rollout.extras["prompt_mask"]
-        ids = torch.cat([rollout.prompts, tokens], dim=1)
-        attn = torch.cat([pmask, rmask.to(pmask.dtype)], dim=1)
-        positions = (torch.cumsum(attn, dim=1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=attn,
-            position_ids=positions,
-            logits_to_keep=width + 1,
-            use_cache=False,
-        )
-        logits = out.logits[:, :-1]
-        if logits.dtype in (torch.float16, torch.bfloat16):
-            logits = logits.float()
-        logits = logits / self.sampling.temperature
-        pad = rollout.tokens.shape[1] - width
-        return logits, pad
+    def _token_stats(self, rollout: Rollout, entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        r, chunk = rollout, self.logit_chunk
+        with autocast(self.model, self.compute_dtype):
+            args = (r.prompts, r.extras["prompt_mask"], r.tokens, r.mask, self.sampling.temperature)
+            return response_log_probs(self.model, *args, chunk, entropy)
 
     def log_probs(self, rollout: Rollout) -> torch.Tensor:
-        """``log pi_theta`` of each response token, (B, T); 0 on padding."""
-        logits, pad = self._forward(rollout)
-        lp = _token_log_probs(torch.log_softmax(logits, dim=-1), rollout)
-        return torch.nn.functional.pad(lp, (0, pad))
+        """``log pi_theta`` of each response token, (B, T); 0 on padding
+        (:func:`.logprobs.response_log_probs`)."""
+        return self._token_stats(rollout, entropy=False)[0]
 
     @torch.no_grad()
     def log_probs_and_entropy(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """Token log-probs and token entropies ``-sum_v p log p`` (no gradient), micro-batched."""
-        lps, ents = [], []
+        lps = torch.zeros(rollout.tokens.shape, device=rollout.tokens.device)
+        ents = torch.zeros_like(lps)
         for index in self.micro_batches(rollout):
-            part = rollout.select(index)
-            logits, pad = self._forward(part)
-            logp = torch.log_softmax(logits, dim=-1)
-            lp = _token_log_probs(logp, part)
-            ent = -(logp.exp() * logp).sum(-1) * part.mask[:, : logits.shape[1]]
-            lps.append(torch.nn.functional.pad(lp, (0, pad)))
-            ents.append(torch.nn.functional.pad(ent, (0, pad)))
-        return torch.cat(lps), torch.cat(ents)
+            lp, ent = self._token_stats(rollout.select(index), entropy=True)
+            lps = lps.to(lp.dtype)
+            ents = ents.to(ent.dtype)
+            lps[index], ents[index] = lp, ent
+        return lps, ents
 
     def micro_batches(self, rollout: Rollout) -> list[torch.Tensor]:
-        """Index sets of consecutive responses within the token budget (prompt + response width)."""
-        lengths = rollout.extras["prompt_mask"].shape[1] + rollout.mask.sum(1)
-        return token_budget_batches(lengths, self.token_budget)
+        """Index sets of responses within the token budget, by length (:func:`length_sorted_batches`)."""
+        return length_sorted_batches(*_lengths(rollout), self.token_budget)
+
+
+def _lengths(rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's real prompt and response lengths."""
+    return rollout.extras["prompt_mask"].sum(1).long().cpu(), rollout.mask.sum(1).long().cpu()
+
+
+def length_sorted_batches(prompt_lengths: torch.Tensor, response_lengths: torch.Tensor, budget: int):
+    """Micro-batches of rows of similar lengths: rows sorted by length, split into consecutive runs
+    whose padded size ``rows x (longest prompt + longest response)`` (a forward pass's,
+    :func:`.logprobs.response_log_probs`) stays within ``budget`` (a single row over it is a
+    micro-batch of its own). Three orders are tried: by ``prompt + response`` length, by response
+    then prompt length, by prompt then response length; the split with the fewest padded slots
+    is kept (the sum alone pads more when one of the two lengths varies much more than the other)."""
+    if budget < 1:
+        raise ValueError(f"the token budget must be at least 1, got {budget}")
+    p, r = prompt_lengths.long(), response_lengths.long().clamp(min=1)
+    scale = int(max(p.max(), r.max())) + 1 if len(p) else 1
+    best, fewest = [], None
+    for key in (p + r, r * scale + p, p * scale + r):
+        parts = _split(torch.argsort(key, stable=True).tolist(), p.tolist(), r.tolist(), budget)
+        slots = sum(len(x) * (max(p[x].tolist()) + max(r[x].tolist())) for x in parts)
+        if fewest is None or slots < fewest:
+            best, fewest = parts, slots
+    return best
+
+
+def _split(order: list[int], prompt: list[int], response: list[int], budget: int) -> list[torch.Tensor]:
+    """``order`` cut into consecutive runs with ``rows x (longest prompt + longest response) <= budget``."""
+    out, run, wide_p, wide_r = [], [], 0, 0
+    for i in order:
+        wp, wr = max(wide_p, prompt[i]), max(wide_r, response[i])
+        if run and (len(run) + 1) * (wp + wr) > budget:
+            out.append(torch.tensor(run))
+            run, wp, wr = [], prompt[i], response[i]
+        run.append(i)
+        wide_p, wide_r = wp, wr
+    if run:
+        out.append(torch.tensor(run))
+    return out
+
+
+def padding_share(rollout: Rollout, parts: Sequence[torch.Tensor]) -> float:
+    """Padded share of the token slots of the micro-batches ``parts`` (index tensors):
+    ``1 - real tokens / sum over parts of rows x (longest prompt + longest response)`` (the width a
+    forward pass pads a micro-batch to; responses count at least one slot)."""
+    prompt, response = _lengths(rollout)
+    slots = real = 0
+    for index in parts:
+        index = index.cpu()
+        if index.numel() == 0:
+            continue
+        width = int(prompt[index].max()) + max(int(response[index].max()), 1)
+        slots += index.numel() * width
+        real += int(prompt[index].sum() + response[index].sum())
+    return 1.0 - real / slots if slots else 0.0

@@ -22,7 +22,7 @@ from .warmstart import WarmStartConfig
 __all__ = ["DTYPES", "LoraConfig", "TaskConfig", "TrainConfig"]
 
 #: ``dtype=`` names (``auto`` picks bfloat16 on a GPU, float32 on a CPU).
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,11 @@ class TrainConfig:
         tiny: size of the embedded model.
         warmstart: the embedded model's supervised warm start.
         trust_remote_code: let ``transformers`` run code shipped with the model.
-        dtype: ``auto`` (bfloat16 on a GPU, float32 on a CPU), ``float32``, ``bfloat16`` or ``float16``.
+        dtype: the compute precision: ``float32``, or ``bfloat16`` mixed precision (float32 master
+            weights and optimiser state, bfloat16 matmuls under autocast; under FSDP2 bfloat16
+            parameters with float32 gradient reductions; checkpoints hold the float32 masters);
+            ``auto``: bfloat16 on a GPU, float32 on a CPU. ``float16`` would need loss scaling and
+            is refused.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun: ``auto`` or ``cpu``).
         parallel: under torchrun, ``auto`` (FSDP2 on GPUs, DDP on CPUs), ``fsdp`` or ``ddp``.
         gradient_checkpointing: recompute activations in the backward pass (less memory).
@@ -170,7 +174,9 @@ class TrainConfig:
         weight_decay: AdamW weight decay.
         warmup_steps: RL steps of linear learning-rate warm-up.
         max_grad_norm: gradient clipping threshold.
-        token_budget: most padded tokens in one forward pass (micro-batching).
+        token_budget: most padded tokens in one forward pass (micro-batches are formed by length).
+        logit_chunk: response positions whose full-vocabulary logits are held at once (log-probs and
+            entropies are computed from the hidden states a chunk at a time, :mod:`.logprobs`).
         eval_every: evaluate every this many steps (and before the first and after the last; 0: never).
         eval_size: held-out problems evaluated (none: all).
         eval_k: samples per held-out problem (avg@k, pass@k, maj@k).
@@ -220,6 +226,7 @@ class TrainConfig:
     warmup_steps: int = 0
     max_grad_norm: float = 1.0
     token_budget: int = 16384
+    logit_chunk: int = 1024
     eval_every: int = 50
     eval_size: int | None = 256
     eval_k: int = 8
@@ -246,6 +253,7 @@ class TrainConfig:
             "eval_k",
             "max_nonfinite",
             "token_budget",
+            "logit_chunk",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -277,6 +285,10 @@ class TrainConfig:
             raise ValueError("rollout_backend=vllm runs one engine per rank: use parallel=ddp")
         if self.parallel not in ("auto", "fsdp", "ddp"):
             raise ValueError(f"parallel must be auto, fsdp or ddp, got {self.parallel!r}")
+        if self.dtype == "float16":
+            raise ValueError(
+                "dtype=float16 would need loss scaling, which this trainer does not do: use bfloat16"
+            )
         if self.dtype != "auto" and self.dtype not in DTYPES:
             raise ValueError(f"dtype must be auto or one of {DTYPES}, got {self.dtype!r}")
         if self.model in KNOWN:

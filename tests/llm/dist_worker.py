@@ -88,7 +88,7 @@ def update(out_path: str, strategy: str) -> None:
         shard,
         algorithm,
         behaviour_logprobs=old[index],
-        micro_batches=shard_policy.micro_batches,
+        micro_batches=lambda r: distributed.same_count_batches(shard_policy.micro_batches(r), ctx),
         parallel=DataParallel(
             distributed.all_reduce_sum, loss_scale=float(ctx.world_size), no_sync=distributed.no_sync(wrapped)
         ),
