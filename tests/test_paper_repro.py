@@ -310,3 +310,31 @@ def test_the_clamp_figure_claims_equal_runs_where_the_clamp_is_out_of_reach(gap,
     verdict = [c.passed for c in fig.claims(d, params) if "never reached" in c.statement]
     assert verdict == [holds]  # one claim: at tau = 1 only
     assert "τ = 0.01: final success exact 0.900 [0.900, 0.900], clamped 0.950" in fig.caption(d, params)
+
+
+def test_with_two_seeds_the_learning_check_is_the_training_reward_and_it_can_fail(tmp_path):
+    """The quick run's 2 seeds: each algorithm must raise its training reward (first against last 20
+    steps, paired by seed); the held-out gain is not checked on two seeds (their bootstrap is their range)."""
+    fig = FIGURES_IN_ORDER["llm"]
+    paths = []
+    for alg, slope in (("pmd_mean", 0.004), ("grpo", 0.0)):
+        for seed in range(2):
+            path = tmp_path / f"{alg}-seed{seed}.jsonl"
+            for step in range(1, 61):
+                reward = 0.3 + slope * step + 0.01 * ((step * (seed + 3)) % 5 - 2)  # a rise, or noise only
+                record = {"run": f"{alg}-seed{seed}", "algorithm": alg, "step": step, "train/reward": reward}
+                metrics_log.append(path, record)
+            metrics_log.append(
+                path, {"run": f"{alg}-seed{seed}", "algorithm": alg, "step": 0, "eval/avg@k": 0.3}
+            )
+            paths.append(str(path))
+    params = {"logs": paths}
+    d = fig.compute(params, 0)
+    claims = fig.claims(d, params)
+    verdict = {
+        c.statement.split(" raises")[0]: c.passed
+        for c in claims
+        if "raises its training reward" in c.statement
+    }
+    assert verdict == {"PMD-mean": True, "GRPO": False}
+    assert not [c for c in claims if "raises held-out" in c.statement]
