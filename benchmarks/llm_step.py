@@ -162,6 +162,14 @@ def measure(args) -> dict:
     update = update_fn(policy, optimizer, rollout, old, algorithm, args)
     update()  # warm-up
     out["update_s"] = timed(update, args.repeats)
+    if args.compare:  # the same batch, the algorithms in turns, so that drift hits each alike
+        names = [args.algorithm, *args.compare.split(",")]
+        updates = {n: update_fn(policy, optimizer, rollout, old, Algorithm(n, tau=1.0), args) for n in names}
+        times = {n: [] for n in names}
+        for round_ in range(args.repeats):  # each round starts one further along: no fixed position
+            for n in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                times[n].append(timed(updates[n], 1))
+        out["compare_s"] = {n: statistics.median(t) for n, t in times.items()}
     groups = Groups.from_ids(rollout.group_ids)
     parts = minibatches(groups, args.minibatches, torch.Generator().manual_seed(0))
     with autocast:
@@ -216,6 +224,14 @@ def report(args, r: dict) -> None:
     share = 100 * r["loss_s"] / r["update_s"]
     print(f"         the loss alone        {r['loss_s'] * 1e3:9.2f} ms  = {share:.2f}% of the update")
     print(f"peak resident memory           {r['peak_rss_mb']:9.0f} MB")
+    if "compare_s" in r:
+        base = r["compare_s"][args.algorithm]
+        print(f"the same batch, algorithms in turns, order rotated ({args.repeats} rounds, median):")
+        for name, seconds in r["compare_s"].items():
+            print(
+                f"         {name:10s}            {seconds * 1e3:9.1f} ms  {t / seconds:9.0f} tokens/s  "
+                f"{base / seconds:.3f}x {args.algorithm}'s throughput"
+            )
 
 
 def main() -> None:
@@ -231,6 +247,9 @@ def main() -> None:
     parser.add_argument("--lora-rank", type=int, default=0, help="also measure LoRA adapters of this rank")
     parser.add_argument(
         "--prompt-by-prompt", action="store_true", help="also time generating prompt by prompt"
+    )
+    parser.add_argument(
+        "--compare", default="", help="also time these algorithms' updates in turns, e.g. grpo"
     )
     parser.add_argument("--dtypes", default="float32", help="compute precisions, e.g. float32,bfloat16")
     parser.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)  # one measurement's
