@@ -38,7 +38,7 @@ import torch
 
 from pmdlab.llm import flops
 from pmdlab.llm.policy import GenerateBackend, LMPolicy, SamplingConfig
-from pmdlab.rl import Algorithm
+from pmdlab.rl import Algorithm, Groups
 from pmdlab.rl.rollout import Rollout
 from pmdlab.rl.update import policy_update
 
@@ -182,8 +182,6 @@ class Bench:
         with torch.no_grad():
             current = self.policy.log_probs_and_entropy(self.rollout)[0]
         algo = Algorithm(algorithm, tau=1.0)
-        from pmdlab.rl import Groups
-
         groups = Groups.from_ids(self.rollout.group_ids)
         advantages = algo.advantages(self.rollout.rewards, groups)
 

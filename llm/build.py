@@ -68,6 +68,12 @@ def resolve_dtype(config: TrainConfig, device: torch.device) -> torch.dtype:
     return getattr(torch, config.dtype)
 
 
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The dtype forward passes autocast to (``None``: float32, no autocast)."""
+    compute = resolve_dtype(config, device)
+    return None if compute == torch.float32 else compute
+
+
 def model_path(config: TrainConfig, task, ctx, checkpoint_dir: Path | None) -> Path:
     """Where the weights come from.
 
@@ -163,10 +169,7 @@ def make_backend(
             trust_remote_code=config.trust_remote_code,
             enforce_eager=enforce_eager,
         )
-    compute = resolve_dtype(config, device)
-    return GenerateBackend(
-        distributed.unwrap(model), tokenizer, compute_dtype=None if compute == torch.float32 else compute
-    )
+    return GenerateBackend(distributed.unwrap(model), tokenizer, compute_dtype=autocast_dtype(config, device))
 
 
 def load_trainable(config: TrainConfig, path: str | Path, adapter: str | Path | None, device: torch.device):
@@ -182,7 +185,6 @@ def load_trainable(config: TrainConfig, path: str | Path, adapter: str | Path | 
 def make_policy(config: TrainConfig, model, tokenizer, path: Path, device: torch.device) -> LMPolicy:
     """``model`` (possibly data-parallel wrapped) as a policy, sampling through :func:`make_backend`;
     with a bfloat16 compute dtype every forward pass runs under autocast."""
-    compute = resolve_dtype(config, device)
     return LMPolicy(
         model,
         tokenizer,
@@ -192,5 +194,5 @@ def make_policy(config: TrainConfig, model, tokenizer, path: Path, device: torch
         chat_template=config.chat_template,
         system_prompt=config.system_prompt,
         backend=make_backend(config, model, tokenizer, path, device),
-        compute_dtype=None if compute == torch.float32 else compute,
+        compute_dtype=autocast_dtype(config, device),
     )

@@ -57,6 +57,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .logprobs import causal_lm
+
 __all__ = [
     "PEAK_FLOPS",
     "ModelShape",
@@ -67,7 +69,6 @@ __all__ = [
     "measured_gemm_flops",
     "mfu",
     "model_shape",
-    "parameter_dtype",
     "peak_flops",
     "table_peak",
     "update_flops",
@@ -126,10 +127,8 @@ def model_shape(config) -> ModelShape:
 
 
 def config_of(model: torch.nn.Module):
-    """The ``transformers`` config of ``model``, inside DDP and peft wrappers (FSDP2 shards in place)."""
-    model = getattr(model, "module", model)  # DDP
-    if hasattr(model, "get_base_model"):  # peft
-        model = model.get_base_model()
+    """The ``transformers`` config of ``model``, inside its wrappers (:func:`.logprobs.causal_lm`)."""
+    model = causal_lm(model)
     config = getattr(model, "config", None)
     if config is None:
         raise ValueError(f"{type(model).__name__} has no config")
@@ -143,15 +142,6 @@ def lora_layout(model: torch.nn.Module) -> tuple[bool, int]:
     if not hasattr(model, "peft_config"):
         return False, 0
     return True, sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def parameter_dtype(model: torch.nn.Module) -> torch.dtype:
-    """The dtype holding most of ``model``'s parameters (peft keeps adapters in float32 over a
-    bfloat16 model: the model's dtype is the one its matmuls mostly run in)."""
-    count: dict[torch.dtype, int] = {}
-    for p in model.parameters():
-        count[p.dtype] = count.get(p.dtype, 0) + p.numel()
-    return max(count, key=count.get) if count else torch.float32
 
 
 def attention_context(lengths, causal: bool = True) -> float:

@@ -47,7 +47,7 @@ from pmdlab.rl.config import parse, to_dict
 from . import build, checkpoint, distributed, metrics_log
 from .evaluate import evaluate
 from .learner import Learner, NonFiniteError
-from .rollout.generator import Generator, lead_of
+from .rollout.generator import Generator
 from .rollout.launch import launch
 from .rollout.sources import InProcessSource, RemoteSource
 from .rollout.transport import WorkerDied, receivers_alive
@@ -102,7 +102,7 @@ class Trainer:
     def _source(self, path: Path, adapter: Path | None):
         cfg = self.config
         if cfg.async_rollouts:
-            return RemoteSource(self.ctx, cfg, lead_of(cfg), path, adapter)
+            return RemoteSource(self.ctx, cfg, path, adapter)
         reward = make_reward(cfg.task.reward_values)
         generator = Generator(self.policy, self.task, reward, cfg, self.ctx.rank, self.ctx.world_size)
         return InProcessSource(generator, self.ctx, self.model, cfg.steps)

@@ -13,7 +13,7 @@
 
 It owns the data position (the task's) and the responses in progress:
 :meth:`Generator.state_dict` is what a checkpoint needs to continue making
-batches exactly. :func:`sampling_lead` says how many versions ahead of the
+batches exactly. :func:`lead_of` says how many versions ahead of the
 learner it may make them.
 """
 
@@ -70,9 +70,7 @@ class Generator:
         self.behaviour_pass = behaviour_pass_needed(config.algorithm.old_source)
         self.lead = lead_of(config)
         self.partial = None
-        if config.partial_tokens:
-            if world_size > 1:
-                raise ValueError("partial_tokens makes whole batches in one process: use one training rank")
+        if config.partial_tokens:  # whole batches: one training rank (TrainConfig.check_ranks)
             self.partial = PartialRollouts(
                 policy, task, reward, config.n, config.partial_tokens, self.behaviour_pass
             )

@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from .. import distributed
 from .batch import ScoredBatch
+from .generator import lead_of
 from .transport import BatchReceiver, WorkerDied, publish
 
 __all__ = ["InProcessSource", "RemoteSource"]
@@ -43,7 +44,7 @@ class InProcessSource:
         self.made = 0  # the next batch to make
 
     def start(self, step: int, learner) -> None:
-        self.made = max(self.made, step)
+        """Nothing to start: batches are made on demand, from ``made`` (0, or the checkpoint's)."""
 
     def next(self, step: int) -> ScoredBatch:
         """Batch ``step``; first every batch up to ``step + lead`` not yet made, from the current weights."""
@@ -70,16 +71,13 @@ class InProcessSource:
         self.queue = deque(ScoredBatch.unpack(b, self.ctx.device) for b in state["queue"])
         self.generator.load_state_dict(state["generator"])
 
-    def close(self) -> None:
-        pass
-
 
 class RemoteSource:
     """Training rank 0's end of the rollout workers (see the module docstring): the plan, the
     weights, the batches; ``lag_counts`` is the histogram of the lags trained so far."""
 
-    def __init__(self, ctx: distributed.Context, config, lead: int, model_path: Path, adapter: Path | None):
-        self.ctx, self.config, self.lead = ctx, config, lead
+    def __init__(self, ctx: distributed.Context, config, model_path: Path, adapter: Path | None):
+        self.ctx, self.config, self.lead = ctx, config, lead_of(config)
         self.model_source = (str(model_path), None if adapter is None else str(adapter))
         self.batches: BatchReceiver | None = None
         self.received: deque[ScoredBatch] = deque()  # taken in for a checkpoint, not yet trained on
@@ -168,6 +166,3 @@ class RemoteSource:
         self.received = deque(ScoredBatch.unpack(b) for b in state["received"])
         self.generator_state = state["generator"]
         self.lag_counts = list(state["lag_counts"])
-
-    def close(self) -> None:
-        pass

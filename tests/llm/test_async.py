@@ -173,7 +173,7 @@ def test_bad_asynchronous_settings_are_named(tmp_path, overrides, message):
 
 
 def test_a_lag_beyond_max_staleness_is_refused():
-    side = RemoteSource(None, TrainConfig(max_staleness=2), 2, Path("model"), None)
+    side = RemoteSource(None, TrainConfig(max_staleness=2), Path("model"), None)
     assert side.count_lag(2)["async/lag_hist_2"] == 1.0
     with pytest.raises(RuntimeError, match="lags 3 versions; max_staleness is 2"):
         side.count_lag(3)
