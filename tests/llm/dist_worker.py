@@ -179,7 +179,13 @@ def trainer(out_path: str, run_dir: str, cache: str, strategy: str, mode: str = 
 
 
 if __name__ == "__main__":
+    from pmdlab.llm.rollout.worker import leave
+
     if sys.argv[1] == "update":
         update(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "ddp")
     else:
         trainer(*sys.argv[2:])
+    # Its results written and the group destroyed, the rank leaves without the interpreter's teardown,
+    # where gloo's threads once aborted a finished rank (SIGABRT, "terminate called without an
+    # active exception"), as the trainer's rollout workers do.
+    leave(0)
