@@ -74,13 +74,14 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
     return None if compute == torch.float32 else compute
 
 
-def model_path(config: TrainConfig, task, ctx, checkpoint_dir: Path | None) -> Path:
+def model_path(config: TrainConfig, task, ctx, checkpoint_weights: Path | None = None) -> Path:
     """Where the weights come from.
 
-    The checkpoint resumed, the warm-started tiny model, or ``config.model``.
+    A resumed checkpoint's weights folder, the warm-started tiny model, or ``config.model`` (also
+    for a sharded checkpoint, whose shards are loaded into the model built from it).
     """
-    if checkpoint_dir is not None:
-        return checkpoint_dir / "model"
+    if checkpoint_weights is not None:
+        return checkpoint_weights
     if config.model in models.KNOWN:
         return models.cache_root() / config.model
     if config.model.endswith(".gguf"):

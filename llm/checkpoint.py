@@ -2,23 +2,36 @@
 
 A checkpoint is a folder ``step-000040/`` in the run's folder holding
 
-* ``model/``: the weights (``save_pretrained``, safetensors) and tokenizer;
-* ``trainer.pt``: the state dicts of the learner (optimiser, schedule,
-  non-finite streak) and of the loop (torch/numpy/Python random states),
-  and the step;
-* ``source-rank{r}.pt``: each rank's batch source: the batches made and not
-  yet trained on, and the generator's data position after them;
-* ``manifest.json``, written last: every other file's size and SHA-256.
+* the weights and optimiser state, written one of two ways:
+
+  - one process, or replicated weights (DDP): ``model/``, the weights
+    (``save_pretrained``, safetensors) and tokenizer, written by rank 0,
+    and the optimiser state in ``trainer.pt``;
+  - sharded weights (FSDP2): ``shards/``, written with
+    ``torch.distributed.checkpoint``: each training rank writes its own
+    shard of the weights and optimiser state, nothing is gathered on rank 0.
+    ``model/`` then holds the model's configuration and tokenizer only;
+    ``python -m pmdlab.llm.export`` makes a Hugging Face folder of it;
+* ``trainer.pt``: the learner's schedule, version and non-finite streak, and
+  the step;
+* ``rank{r}.pt``: each training rank's batch source (the batches made and not
+  yet trained on, the generator's data position) and random states (torch
+  CPU and CUDA, numpy, Python);
+* ``manifest.json``, written last: every other file's size and digest, each
+  rank digesting the files it wrote (:func:`.digest.sampled_sha256`: whole
+  files up to 64 MiB, 16 sampled MiB of larger ones).
 
 It is written to a temporary folder (:func:`begin`, then the files) and
 renamed into place (:func:`commit`), so a crash while saving leaves the
 previous checkpoint intact; only the newest ``keep`` are kept. On resume
 (:func:`latest_valid`) each checkpoint is checked against its manifest,
-newest first: a damaged one (truncated, edited, a file missing) is skipped
-with a warning that names it, and the newest intact one is used; when
-checkpoints exist but none is intact, the run stops with a one-line error
-naming the folder. :func:`save` and :func:`restore` take and give state
-dicts: this module knows nothing of what is in them.
+newest first: a damaged one (a file truncated, swapped, edited, missing) is
+skipped with a warning that names it, and the newest intact one is used;
+when checkpoints exist but none is intact, the run stops with a one-line
+error naming the folder. Everything is loaded onto the CPU
+(``map_location``) and each rank reads only its own files. :func:`save` and
+:func:`restore` take and give state dicts: this module knows nothing of
+what is in them.
 """
 
 from __future__ import annotations
@@ -35,9 +48,11 @@ import numpy as np
 import torch
 
 from . import distributed
-from .digest import file_sha256
+from .digest import sampled_sha256
 
 __all__ = [
+    "MANIFEST",
+    "SHARDS",
     "begin",
     "commit",
     "latest_valid",
@@ -47,26 +62,37 @@ __all__ = [
     "rng_state",
     "save",
     "set_rng_state",
+    "weights_folder",
     "write_manifest",
     "write_model",
 ]
 
 _NAME = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
+#: The folder of a sharded checkpoint's ``torch.distributed.checkpoint`` files.
+SHARDS = "shards"
+_RANK_FILE = re.compile(r"^rank(\d+)\.pt$")
+_SHARD_FILE = re.compile(r"^__(\d+)_\d+\.distcp$")
 
 
 def rng_state() -> dict:
-    return {
+    """This process's random states: torch (CPU, and every CUDA device in use), numpy, Python."""
+    state = {
         "torch": torch.random.get_rng_state(),
         "numpy": np.random.get_state(),
         "python": random.getstate(),
     }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict) -> None:
     torch.random.set_rng_state(state["torch"])
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def begin(run_dir: str | os.PathLike, step: int) -> Path:
@@ -80,10 +106,18 @@ def begin(run_dir: str | os.PathLike, step: int) -> Path:
     return tmp
 
 
-def write_model(tmp: Path, model, tokenizer, state_dict=None) -> None:
-    """``save_pretrained`` (safetensors) of the model, or of a gathered ``state_dict``, and the tokenizer."""
-    model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp / "model")
+def write_model(folder: Path, model, tokenizer) -> None:
+    """``save_pretrained`` (safetensors) of the model and its tokenizer into ``folder``."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def _write_model_description(folder: Path, model, tokenizer) -> None:
+    """The model's configuration (and generation settings) and tokenizer, without weights."""
+    model.config.save_pretrained(folder)
+    if getattr(model, "generation_config", None) is not None:
+        model.generation_config.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def commit(run_dir: str | os.PathLike, tmp: Path, step: int, keep: int = 2) -> Path:
@@ -103,13 +137,27 @@ def _checkpoints(run_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def write_manifest(folder: Path) -> None:
-    """``manifest.json``: ``{relative path: {"bytes", "sha256"}}`` of every file in ``folder``."""
+def writer_of(name: str) -> int:
+    """The training rank that writes (and digests) a checkpoint file: ``rank{r}.pt`` and shard
+    ``__{r}_*.distcp`` rank ``r``, everything else rank 0."""
+    m = _RANK_FILE.match(Path(name).name) or _SHARD_FILE.match(Path(name).name)
+    return int(m.group(1)) if m else 0
+
+
+def digests(folder: Path, rank: int = 0, ranks: int = 1) -> dict[str, dict]:
+    """``{relative path: {"bytes", "sha256"}}`` of the files in ``folder`` that ``rank`` wrote
+    (every file when ``ranks`` is 1)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    entries = {
-        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files
+    mine = [p for p in files if ranks == 1 or writer_of(str(p.relative_to(folder))) == rank]
+    return {
+        str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sampled_sha256(p)} for p in mine
     }
-    (folder / MANIFEST).write_text(json.dumps({"files": entries}, indent=1))
+
+
+def write_manifest(folder: Path, entries: dict[str, dict] | None = None) -> None:
+    """``manifest.json`` of ``entries`` (default: :func:`digests` of every file in ``folder``)."""
+    entries = digests(folder) if entries is None else entries
+    (folder / MANIFEST).write_text(json.dumps({"files": dict(sorted(entries.items()))}, indent=1))
 
 
 def problem(folder: Path) -> str | None:
@@ -128,8 +176,8 @@ def problem(folder: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != entry["bytes"]:
             return f"{name} has {path.stat().st_size} bytes, the manifest says {entry['bytes']}"
-        if file_sha256(path) != entry["sha256"]:
-            return f"{name} does not match its SHA-256 in the manifest"
+        if sampled_sha256(path) != entry["sha256"]:
+            return f"{name} does not match its digest in the manifest"
     return None
 
 
@@ -152,41 +200,64 @@ def latest_valid(run_dir: str | os.PathLike) -> Path | None:
 
 
 def load(path: str | os.PathLike) -> dict:
-    """The ``trainer.pt`` state of a checkpoint (its model is loaded from ``path/model``)."""
-    return torch.load(Path(path) / "trainer.pt", weights_only=False)
+    """The ``trainer.pt`` state of a checkpoint, on the CPU."""
+    return torch.load(Path(path) / "trainer.pt", map_location="cpu", weights_only=False)
+
+
+def weights_folder(path: Path) -> Path | None:
+    """The checkpoint's Hugging Face weights folder; ``None`` for a sharded checkpoint (its weights
+    are in ``shards/``, loaded into the model built from the run's base weights)."""
+    return None if (path / SHARDS).is_dir() else path / "model"
 
 
 # --------------------------------------------------------------------- a run's state
 
 
-def save(run_dir: Path, step: int, ctx, model, tokenizer, state: dict, rank_state: dict, keep: int) -> Path:
-    """An atomic checkpoint of step ``step``: the full weights of ``model`` and ``state`` (state dicts
-    of the learner and the loop, from rank 0), every rank's ``rank_state`` (its batch source), then
-    the manifest. Every training rank calls it (gathering FSDP2 weights is a collective)."""
-    full_weights = distributed.full_state_dict(model)  # a collective under FSDP2
+def save(
+    run_dir: Path, step: int, ctx, model, tokenizer, state: dict, rank_state: dict, keep: int, shards=None
+) -> Path:
+    """An atomic checkpoint of step ``step`` (see the module docstring). Every training rank calls it.
+
+    ``state`` (rank 0's: the learner's and the loop's state dicts) goes to ``trainer.pt``, each
+    rank's ``rank_state`` to ``rank{r}.pt``. ``shards`` (FSDP2: the sharded weights' and optimiser's
+    state dict) is written by every rank with ``torch.distributed.checkpoint``; without it rank 0
+    writes the model's weights with ``save_pretrained``."""
     tmp = run_dir / f".tmp-step-{step:06d}"
     if ctx.main:
         tmp = begin(run_dir, step)
-        write_model(tmp, distributed.unwrap(model), tokenizer, full_weights)
-        torch.save({**state, "step": step, "world_size": ctx.world_size}, tmp / "trainer.pt")
     distributed.barrier(ctx)
-    torch.save(rank_state, tmp / f"source-rank{ctx.rank}.pt")
+    if shards is not None:
+        import torch.distributed.checkpoint as dcp
+
+        writer = dcp.FileSystemWriter(tmp / SHARDS, single_file_per_rank=True)
+        dcp.save(shards, storage_writer=writer, process_group=distributed.train_group())
+    if ctx.main:
+        inner = distributed.unwrap(model)
+        if shards is None:
+            write_model(tmp / "model", inner, tokenizer)
+        else:
+            _write_model_description(tmp / "model", inner, tokenizer)
+        info = {"step": step, "world_size": ctx.world_size, "sharded": shards is not None}
+        torch.save({**state, **info}, tmp / "trainer.pt")
+    torch.save(rank_state, tmp / f"rank{ctx.rank}.pt")
     distributed.barrier(ctx)
+    entries = distributed.all_gather_object(digests(tmp, ctx.rank, ctx.world_size), ctx)
     final = run_dir / f"step-{step:06d}"
     if ctx.main:
-        write_manifest(tmp)
+        write_manifest(tmp, {k: v for part in entries for k, v in part.items()})
         final = commit(run_dir, tmp, step, keep=keep)
     distributed.barrier(ctx)
     return final
 
 
 def restore(path: Path, ctx) -> tuple[dict, dict]:
-    """``(state, rank_state)`` that :func:`save` wrote (the weights are loaded from ``path/model``)."""
+    """``(state, rank_state)`` that :func:`save` wrote, on the CPU; each rank reads its own ``rank{r}.pt``
+    (the weights are loaded from ``model/`` or ``shards/`` by the learner)."""
     state = load(path)
     if state.get("world_size", 1) != ctx.world_size:
         raise ValueError(
             f"{path} was written by {state.get('world_size', 1)} ranks; resume with as many "
             f"(this run has {ctx.world_size})"
         )
-    rank_state = torch.load(path / f"source-rank{ctx.rank}.pt", weights_only=False)
+    rank_state = torch.load(path / f"rank{ctx.rank}.pt", map_location="cpu", weights_only=False)
     return state, rank_state

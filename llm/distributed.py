@@ -11,9 +11,9 @@ then
 * sums the loss normaliser and the loss over ranks and scales each
   backward pass by ``W`` (:func:`pmdlab.rl.update.policy_update`), so the
   update equals one process's on the whole batch;
-* averages logged metrics over ranks (:func:`mean_over_ranks`), and gathers
-  a full state dict on rank 0 for ``save_pretrained`` checkpoints
-  (:func:`full_state_dict`).
+* averages logged metrics over ranks (:func:`mean_over_ranks`); under FSDP2
+  each rank checkpoints its own shards (:func:`sharded_state`), nothing is
+  gathered.
 
 With one process every function here is the identity.
 
@@ -28,6 +28,7 @@ weights.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -37,18 +38,24 @@ import torch.distributed as dist
 
 __all__ = [
     "Context",
+    "DEFAULT_TIMEOUT_S",
+    "all_gather_object",
     "all_reduce_sum",
+    "check_devices",
     "barrier",
     "broadcast_object",
-    "full_optimizer_state",
     "full_state_dict",
     "gathered",
-    "load_optimizer_state",
+    "load_sharded_state",
     "main_first",
     "mean_over_ranks",
     "no_sync",
     "setup",
     "shard",
+    "sharded",
+    "sharded_state",
+    "timeout_s",
+    "train_group",
     "unwrap",
     "wrap",
 ]
@@ -61,7 +68,8 @@ class Context:
     With asynchronous rollouts ``rank`` and ``world_size`` count the processes of this rank's
     ``role`` (``train`` or ``rollout``); ``global_rank`` is its rank in the whole world,
     ``rollout_ranks`` the global ranks that generate, and ``publish_group`` (training rank 0
-    and the rollout ranks: weights) and ``channel_group`` (the same ranks on gloo: batches) the
+    and the rollout ranks: the weights' payload), ``control_group`` (the same ranks on gloo:
+    announcements of versions) and ``channel_group`` (the same ranks on gloo: batches) the
     groups :mod:`.rollout.transport` uses."""
 
     rank: int = 0
@@ -72,6 +80,7 @@ class Context:
     global_rank: int = 0
     rollout_ranks: tuple[int, ...] = ()
     publish_group: Any = None
+    control_group: Any = None
     channel_group: Any = None
 
     @property
@@ -87,14 +96,37 @@ class Context:
 _TRAIN_GROUP = None
 #: This process's context once an asynchronous world is split.
 _CONTEXT = None
+#: How long a collective may wait for its peers before it fails (every group of this process).
+DEFAULT_TIMEOUT_S = 1800.0
+_TIMEOUT_S = DEFAULT_TIMEOUT_S
 
 
-def setup(device: str = "auto", rollout_ranks: int = 0) -> Context:
+def timeout_s() -> float:
+    """The process groups' time-out, in seconds (``dist_timeout_s``)."""
+    return _TIMEOUT_S
+
+
+def check_devices(processes: int, device: str = "auto") -> None:
+    """One GPU for each of this machine's ``processes`` (NCCL refuses two ranks on one GPU); a
+    one-line error otherwise. Nothing to check on CPUs."""
+    if device == "cpu" or not torch.cuda.is_available():
+        return
+    count = torch.cuda.device_count()
+    if processes > count:
+        raise ValueError(
+            f"{processes} processes on this machine need a GPU each, but {count} "
+            f"{'is' if count == 1 else 'are'} visible: start as many processes as GPUs (fewer "
+            f"rollout_ranks or training ranks), or device=cpu"
+        )
+
+
+def setup(device: str = "auto", rollout_ranks: int = 0, timeout: float = DEFAULT_TIMEOUT_S) -> Context:
     """Join the ``torchrun`` process group if there is one; pick this rank's device.
 
     ``rollout_ranks > 0`` (asynchronous rollouts) splits the world: the last ``rollout_ranks``
-    ranks generate, the others train, and the groups of :class:`Context` are made."""
-    global _TRAIN_GROUP, _CONTEXT
+    ranks generate, the others train, and the groups of :class:`Context` are made. Every group
+    fails a collective whose peers do not answer within ``timeout`` seconds."""
+    global _TRAIN_GROUP, _CONTEXT, _TIMEOUT_S
     if _CONTEXT is not None and dist.is_initialized():  # the groups exist once per process
         return _CONTEXT
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -107,25 +139,31 @@ def setup(device: str = "auto", rollout_ranks: int = 0) -> Context:
             f"async_rollouts needs more processes than rollout_ranks ({rollout_ranks}); WORLD_SIZE is {world}"
         )
     if world > 1:
+        check_devices(int(os.environ.get("LOCAL_WORLD_SIZE", local + 1)), device)
         chosen = torch.device("cuda", local) if cuda else torch.device("cpu")
         if cuda:
             torch.cuda.set_device(chosen)
+        _TIMEOUT_S = float(timeout)
+        limit = datetime.timedelta(seconds=timeout)
         if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if cuda else "gloo")
+            dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=limit)
         if not rollout_ranks:
             return Context(rank, world, local, chosen)
         trainers = world - rollout_ranks
         workers = tuple(range(trainers, world))
         # every rank makes every group, in the same order
-        train_group = dist.new_group(list(range(trainers)))
-        publish_group = dist.new_group([0, *workers])
-        channel_group = dist.new_group([0, *workers], backend="gloo")
+        train_group = dist.new_group(list(range(trainers)), timeout=limit)
+        publish_group = dist.new_group([0, *workers], timeout=limit)
+        control_group = dist.new_group([0, *workers], backend="gloo", timeout=limit)
+        channel_group = dist.new_group([0, *workers], backend="gloo", timeout=limit)
         role, size, own = (
             ("train", trainers, rank) if rank < trainers else ("rollout", rollout_ranks, rank - trainers)
         )
         if role == "train":
             _TRAIN_GROUP = train_group
-        _CONTEXT = Context(own, size, local, chosen, role, rank, workers, publish_group, channel_group)
+        _CONTEXT = Context(
+            own, size, local, chosen, role, rank, workers, publish_group, control_group, channel_group
+        )
         return _CONTEXT
     if device == "auto":
         chosen = torch.device("cuda" if cuda else "cpu")
@@ -237,6 +275,20 @@ def barrier(ctx: Context) -> None:
         dist.barrier(group=_TRAIN_GROUP)
 
 
+def train_group():
+    """The training ranks' process group (``None``: the whole world, or no group at all)."""
+    return _TRAIN_GROUP
+
+
+def all_gather_object(obj, ctx: Context) -> list:
+    """Every training rank's ``obj``, in rank order (pickled; ``[obj]`` with one process)."""
+    if not ctx.distributed:
+        return [obj]
+    out = [None] * ctx.world_size
+    dist.all_gather_object(out, obj, group=_TRAIN_GROUP)
+    return out
+
+
 def broadcast_object(obj, ctx: Context):
     """Rank 0's ``obj`` on every training rank (pickled; the identity with one process)."""
     if not ctx.distributed:
@@ -254,6 +306,11 @@ def main_first(ctx: Context):
     yield
     if ctx.main:
         barrier(ctx)
+
+
+def sharded(model) -> bool:
+    """Whether ``model`` is sharded over the training ranks (FSDP2): its state is then saved in shards."""
+    return bool(_fsdp_modules(model))
 
 
 def _fsdp_modules(model) -> list:
@@ -281,26 +338,23 @@ def gathered(model: torch.nn.Module):
             m.set_reshard_after_forward(True, recurse=False)
 
 
-def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """The optimiser state to checkpoint: gathered in full under FSDP2 (a collective)."""
-    if _fsdp_modules(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+def sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The weights' and optimiser's state as this rank's shards (FSDP2 DTensors), for
+    ``torch.distributed.checkpoint``: ``{"model": ..., "optimizer": ...}``; nothing is gathered."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
 
-        return get_optimizer_state_dict(
-            model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
-    return optimizer.state_dict()
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    return {"model": model_state, "optimizer": optimizer_state}
 
 
-def load_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    if _fsdp_modules(model):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+def load_sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder) -> None:
+    """Load :func:`sharded_state` from a ``torch.distributed.checkpoint`` folder, each rank its shards."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
 
-        set_optimizer_state_dict(
-            model, optimizer, optim_state_dict=state, options=StateDictOptions(full_state_dict=True)
-        )
-        return
-    optimizer.load_state_dict(state)
+    state = sharded_state(model, optimizer)
+    dcp.load(state, checkpoint_id=folder, process_group=_TRAIN_GROUP)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
 def same_count_batches(parts: list[torch.Tensor], ctx: Context) -> list[torch.Tensor]:

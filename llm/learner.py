@@ -161,17 +161,40 @@ class Learner:
         )
 
     def state_dict(self) -> dict:
-        """Optimiser (gathered in full under FSDP2: every rank calls this), schedule, version, streak."""
-        return {
-            "optimizer": distributed.full_optimizer_state(self.model, self.optimizer),
+        """Schedule, version, non-finite streak, and the optimiser's state unless it is sharded (FSDP2:
+        :meth:`shards`)."""
+        state = {
             "scheduler": self.scheduler.state_dict(),
             "version": self.version,
             "nonfinite_streak": self.nonfinite_streak,
         }
+        if not distributed.sharded(self.model):
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
 
-    def load_state_dict(self, state: dict) -> None:
-        """Continue from :meth:`state_dict` (the weights were loaded from the checkpoint's model folder)."""
-        distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+    def shards(self) -> dict | None:
+        """Under FSDP2 this rank's shards of the weights and optimiser state (every rank writes its own);
+        ``None`` otherwise (the weights are saved whole, the optimiser in :meth:`state_dict`)."""
+        return (
+            distributed.sharded_state(self.model, self.optimizer) if distributed.sharded(self.model) else None
+        )
+
+    def load_state_dict(self, state: dict, shards: Path | None = None) -> None:
+        """Continue from :meth:`state_dict`, and from the ``shards`` folder :meth:`shards` was written to
+        (otherwise the weights were loaded from the checkpoint's model folder)."""
+        if (shards is not None) != distributed.sharded(self.model):
+            raise ValueError(
+                "the checkpoint's weights are "
+                + (
+                    "sharded (FSDP2): resume with parallel=fsdp"
+                    if shards is not None
+                    else "whole: resume with parallel=ddp"
+                )
+            )
+        if shards is not None:
+            distributed.load_sharded_state(self.model, self.optimizer, shards)
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.version = state["version"]
         self.nonfinite_streak = state["nonfinite_streak"]

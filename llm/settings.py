@@ -165,6 +165,9 @@ class TrainConfig:
         async_weights: ``latest`` (a worker samples from the newest weights it has received; the lag
             varies with timing) or ``fixed`` (batch ``s`` from version ``max(0, s - lead)``
             exactly, as in one process: deterministic, for reproduction and tests).
+        dist_timeout_s: how long a collective waits for its peers before the run fails naming this
+            time-out (every process group; a publish waits for the workers' batch in progress, a
+            worker for the trainer's next step, evaluation and checkpoint included).
         partial_tokens: partial rollouts (Kimi K1.5): generate at most this many tokens of each
             response per iteration and carry unfinished ones over to newer weights (0: off;
             :mod:`.rollout.partial`). Batches are then sampled at most ``max_staleness - (K - 1)``
@@ -220,6 +223,7 @@ class TrainConfig:
     max_staleness: int | None = None
     rollout_ranks: int = 1
     async_weights: str = "latest"
+    dist_timeout_s: float = 1800.0
     partial_tokens: int = 0
     lr: float = 3e-4
     weight_decay: float = 0.0
@@ -265,6 +269,10 @@ class TrainConfig:
             raise ValueError(f"rollout_ranks must be at least 1, got {self.rollout_ranks}")
         if self.async_weights not in ("latest", "fixed"):
             raise ValueError(f"async_weights must be latest or fixed, got {self.async_weights!r}")
+        if not (self.dist_timeout_s > 0 and math.isfinite(self.dist_timeout_s)):
+            raise ValueError(
+                f"dist_timeout_s must be a positive number of seconds, got {self.dist_timeout_s}"
+            )
         if self.partial_tokens < 0:
             raise ValueError(f"partial_tokens must be non-negative, got {self.partial_tokens}")
         if self.partial_tokens and self.rollout_ranks > 1:

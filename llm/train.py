@@ -68,7 +68,7 @@ class Trainer:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.ctx = ctx = distributed.setup(
-            config.device, config.rollout_ranks if config.async_rollouts else 0
+            config.device, config.rollout_ranks if config.async_rollouts else 0, config.dist_timeout_s
         )
         if ctx.role != "train":
             raise ValueError("a rollout rank runs rollout.worker.run_worker, not the trainer")
@@ -81,8 +81,9 @@ class Trainer:
             raise ValueError(f"resume: no checkpoint in {self.run_dir}")
         if resume_from is None and self.log_path.exists():
             raise ValueError(f"{self.run_dir} already holds a run; pass --resume, or choose another out=")
-        path = build.model_path(config, self.task, ctx, resume_from)
-        adapter = None if resume_from is None or not config.lora.rank else resume_from / "model"
+        weights = checkpoint.weights_folder(resume_from) if resume_from is not None else None
+        path = build.model_path(config, self.task, ctx, weights)
+        adapter = weights if weights is not None and config.lora.rank else None
         self.learner = Learner(config, ctx, path, adapter)
         self.source = self._source(path, adapter)
         self.eval_problems = self.task.eval_problems()[ctx.rank :: ctx.world_size]  # eval_size applied
@@ -132,7 +133,9 @@ class Trainer:
                 record = self.train_step()
                 last, signum = self.step == cfg.steps, stop.agreed(self.ctx)
                 if not (last or signum):
+                    published = time.perf_counter()
                     self.source.publish(self.learner)  # version ``step``, for rollout ranks
+                    record["perf/publish_s"] = time.perf_counter() - published
                 if cfg.eval_every and (self.step % cfg.eval_every == 0 or last):
                     record.update(self.evaluate())
                 records.append(self._log(record))
@@ -142,6 +145,7 @@ class Trainer:
                     saved = self.save()
                 if signum and not last:
                     raise Stopped(signum, self.step, saved)
+            self.source.finish()
         return records
 
     def train_step(self) -> dict:
@@ -172,30 +176,30 @@ class Trainer:
 
     def save(self) -> Path:
         """An atomic, verified checkpoint of the learner, the source and the loop (:mod:`.checkpoint`)."""
-        rank_state = self.source.state_dict()  # from rollout ranks: the batches in flight taken in first
-        state = {
-            "learner": self.learner.state_dict(),
+        rank_state = {  # from rollout ranks: the batches in flight taken in first
+            "source": self.source.state_dict(),
             "rng": checkpoint.rng_state(),
-            "config": to_dict(self.config),
         }
-        model, tokenizer = self.learner.model, self.policy.tokenizer
+        state = {"learner": self.learner.state_dict(), "config": to_dict(self.config)}
         return checkpoint.save(
             self.run_dir,
             self.step,
             self.ctx,
-            model,
-            tokenizer,
+            self.learner.model,
+            self.policy.tokenizer,
             state,
             rank_state,
             self.config.keep_checkpoints,
+            shards=self.learner.shards(),
         )
 
     def _restore(self, path: Path) -> None:
         """Continue from a checkpoint; the log's records past it are dropped (they are about to be redone)."""
         state, rank_state = checkpoint.restore(path, self.ctx)
-        self.learner.load_state_dict(state["learner"])
-        checkpoint.set_rng_state(state["rng"])
-        self.source.load_state_dict(rank_state)
+        shards = path / checkpoint.SHARDS if state["sharded"] else None
+        self.learner.load_state_dict(state["learner"], shards)
+        checkpoint.set_rng_state(rank_state["rng"])
+        self.source.load_state_dict(rank_state["source"])
         if self.ctx.main:
             metrics_log.truncate(self.log_path, self.step)
 
@@ -214,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.async_rollouts and "WORLD_SIZE" not in os.environ:  # one machine: start the processes
             return launch(argv, config)
         if config.async_rollouts:
-            ctx = distributed.setup(config.device, config.rollout_ranks)
+            ctx = distributed.setup(config.device, config.rollout_ranks, config.dist_timeout_s)
             if ctx.role == "rollout":
                 worker_main(config, ctx)
         trainer = Trainer(config)

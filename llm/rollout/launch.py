@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 
+from ..distributed import check_devices
 from ..stopping import StopSignals
 
 __all__ = ["launch"]
@@ -48,8 +49,10 @@ def launch(argv: list[str], config, poll_s: float = 0.2) -> int:
     SIGTERM and SIGINT go to the trainer, which checkpoints and stops (exit 143 or 130, returned).
     A worker that dies stops the trainer at once (its work since the last checkpoint is lost) and the
     run exits 1 naming the worker; when the trainer exits the workers are stopped. The processes'
-    ids are written to ``<out>/processes.json``."""
+    ids are written to ``<out>/processes.json``. On GPUs, process ``r`` runs on ``cuda:r``: one GPU
+    per process is needed (:func:`~pmdlab.llm.distributed.check_devices`)."""
     world = 1 + config.rollout_ranks
+    check_devices(world, config.device)  # every process its own GPU, or a one-line error
     threads = config.threads or max(1, (os.cpu_count() or 1) // world)
     port = _free_port()
     procs = []

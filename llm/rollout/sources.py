@@ -30,7 +30,7 @@ import torch.distributed as dist
 from .. import distributed
 from .batch import ScoredBatch
 from .generator import lead_of
-from .transport import BatchReceiver, WorkerDied, publish
+from .transport import BatchReceiver, WorkerDied, describe_failure, parameter_layout, publish, transfers_done
 
 __all__ = ["InProcessSource", "RemoteSource"]
 
@@ -58,6 +58,9 @@ class InProcessSource:
 
     def publish(self, learner) -> None:
         """Nothing to do: the generator samples with the learner's own weights."""
+
+    def finish(self) -> None:
+        """Nothing to wait for."""
 
     def state_dict(self) -> dict:
         return {
@@ -93,6 +96,7 @@ class RemoteSource:
         if ctx.main:
             plan = {
                 "start": start,
+                "parameters": parameter_layout(learner.model),
                 "versions": list(range(step, cfg.steps)) or [step],
                 "generator": self.generator_state if start > 0 else None,
                 "model_path": self.model_source[0],
@@ -122,13 +126,24 @@ class RemoteSource:
         return ScoredBatch.unpack(message["batch"])
 
     def publish(self, learner) -> None:
-        """Broadcast the learner's weights (the next version) to the workers; every training rank calls it."""
+        """Broadcast the learner's weights (version ``learner.version``) to the workers, parameter by
+        parameter (:func:`.transport.publish`); every training rank calls it."""
         try:
-            publish(learner.model, self.ctx)
+            publish(learner.model, learner.version, self.ctx)
         except RuntimeError as e:
             raise WorkerDied(
-                f"a rollout worker (ranks {list(self.ctx.rollout_ranks)}) is gone: {e}"
+                f"a rollout worker (ranks {list(self.ctx.rollout_ranks)}) is gone: {describe_failure(e)}"
             ) from None
+
+    def finish(self) -> None:
+        """At the end of the run: wait until the published weights have reached the workers."""
+        if self.ctx.main:
+            try:
+                transfers_done(self.ctx)
+            except RuntimeError as e:
+                raise WorkerDied(
+                    f"a rollout worker (ranks {list(self.ctx.rollout_ranks)}) is gone: {describe_failure(e)}"
+                ) from None
 
     def count_lag(self, lag: int) -> dict[str, float]:
         """The lag of this step's batch and the histogram of lags so far."""

@@ -1,17 +1,36 @@
 """How weights and batches move between the learner and the rollout workers, all on ``torch.distributed``.
 
-* **weights** move by broadcast from training rank 0 to the workers
-  (``publish_group``: NCCL on GPUs, gloo on CPUs). Version ``v`` is the
-  policy after ``v`` optimiser phases. A worker receives every version in
-  order on a background thread (:class:`WeightReceiver`), so publishing
-  never waits for generation;
-* **batches** go from the workers to training rank 0 as pickled plain data
-  (``channel_group``, gloo; :meth:`.batch.ScoredBatch.pack`); batch ``b`` is
-  made by worker ``b mod rollout_ranks`` and received in order on a
-  background thread (:class:`BatchReceiver`).
+**Weights** (version ``v``: the policy after ``v`` optimiser phases) move in
+two parts, so that the protocol is correct wherever a collective returns
+before its data has arrived (NCCL enqueues it on a stream and returns):
 
-A worker that dies makes the other side's next receive or broadcast fail:
-:class:`WorkerDied` names it.
+1. training rank 0 *announces* ``v`` to every worker with a small tensor on a
+   gloo group (``control_group``), whose receive returns only once it has
+   arrived. A worker's thread (:class:`Announcements`) takes announcements in;
+   it never touches weights;
+2. the *payload* moves parameter by parameter in a broadcast from training
+   rank 0 (``publish_group``: NCCL on GPUs, gloo on CPUs), straight into the
+   worker's own parameters, on the worker's main thread, between batches
+   (:class:`WeightInbox`). Every training rank takes part: under FSDP2 each
+   parameter's ``full_tensor()`` is gathered in turn, never the whole model.
+
+A worker joins version ``v``'s payload only when it has finished its batch
+and its next batch may use ``v``, so the versions it holds are exactly the
+versions announced to it, in order: it never believes a version has arrived
+before the trainer has made it. Nothing is copied: a worker holds its model's
+weights (with vLLM also the engine's, reloaded by the engine's own
+``reload_weights``) and the trainer at most one parameter beyond its model,
+while it publishes. Publishing waits for the workers to finish the batch they
+are making (``perf/publish_s``).
+
+**Batches** go from the workers to training rank 0 as pickled plain data
+(``channel_group``, gloo; :meth:`.batch.ScoredBatch.pack`); batch ``b`` is
+made by worker ``b mod rollout_ranks`` and received in order on a
+background thread (:class:`BatchReceiver`).
+
+Every group has the time-out ``dist_timeout_s``; a worker that dies or stops
+answering makes the other side's next receive or broadcast fail:
+:class:`WorkerDied` names it, and the time-out.
 """
 
 from __future__ import annotations
@@ -26,15 +45,16 @@ from .. import distributed
 
 __all__ = [
     "RECEIVER_THREADS",
+    "Announcements",
     "BatchReceiver",
-    "WeightReceiver",
+    "WeightInbox",
     "WorkerDied",
-    "buffers_like",
-    "flatten",
+    "describe_failure",
+    "parameter_layout",
     "publish",
     "receivers_alive",
     "trainable",
-    "unflatten_into",
+    "transfers_done",
 ]
 
 
@@ -45,53 +65,78 @@ class WorkerDied(RuntimeError):
 # --------------------------------------------------------------------- weights
 
 
-def flatten(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The tensors as one flat buffer per dtype, dtypes in order of first appearance."""
-    groups: dict[torch.dtype, list[torch.Tensor]] = {}
-    for t in tensors:
-        groups.setdefault(t.dtype, []).append(t.detach().reshape(-1))
-    return [torch.cat(parts) for parts in groups.values()]
-
-
-def buffers_like(tensors: list[torch.Tensor], device) -> list[torch.Tensor]:
-    """Empty buffers that :func:`flatten` of ``tensors`` would fill."""
-    sizes: dict[torch.dtype, int] = {}
-    for t in tensors:
-        sizes[t.dtype] = sizes.get(t.dtype, 0) + t.numel()
-    return [torch.empty(n, dtype=dtype, device=device) for dtype, n in sizes.items()]
-
-
-@torch.no_grad()
-def unflatten_into(tensors: list[torch.Tensor], flats: list[torch.Tensor]) -> None:
-    """Copy :func:`flatten`'s buffers back into ``tensors`` (the inverse, in place)."""
-    offsets = {f.dtype: 0 for f in flats}
-    by_dtype = {f.dtype: f for f in flats}
-    for t in tensors:
-        start = offsets[t.dtype]
-        t.copy_(by_dtype[t.dtype][start : start + t.numel()].view_as(t))
-        offsets[t.dtype] = start + t.numel()
-
-
 def trainable(model) -> list[tuple[str, torch.Tensor]]:
-    """The published weights: every parameter that trains (with LoRA, the adapters)."""
+    """The published weights: every parameter that trains (with LoRA, the adapters), in model order."""
     return [(n, p) for n, p in distributed.unwrap(model).named_parameters() if p.requires_grad]
 
 
-def publish(model, ctx: distributed.Context) -> None:
-    """Broadcast the trained weights from training rank 0 to every rollout worker.
-
-    Every training rank calls it (under FSDP2 the full weights are gathered first)."""
-    full = distributed.full_state_dict(model)  # a collective under FSDP2, None otherwise
-    names = trainable(model)
-    if not ctx.main:
-        return
-    tensors = [p if full is None else full[n] for n, p in names]
-    for flat in flatten(tensors):
-        dist.broadcast(flat.to(ctx.device), src=0, group=ctx.publish_group)
+def parameter_layout(model) -> list[tuple[str, tuple[int, ...], str]]:
+    """``(name, full shape, dtype)`` of each published weight: what both ends must agree on."""
+    return [(n, tuple(p.shape), str(p.dtype)) for n, p in trainable(model)]
 
 
-#: The names of the receiving threads (weights on a worker, batches on training rank 0).
-RECEIVER_THREADS = ("weights", "batches")
+def _row_sharded(p: torch.Tensor) -> bool:
+    """An FSDP2 parameter: a DTensor sharded by rows over one mesh dimension."""
+    return hasattr(p, "placements") and len(p.placements) == 1 and p.placements[0].is_shard(0)
+
+
+def _gathered_shape(p: torch.Tensor) -> tuple[int, ...]:
+    """FSDP2 shards by rows as ``torch.chunk`` does (``ceil(rows / W)`` a rank, the last ranks fewer):
+    the gathered buffer has ``W * ceil(rows / W)`` rows, the parameter its first ``rows``."""
+    ranks = p.device_mesh.size()
+    return (-(-p.shape[0] // ranks) * ranks, *p.shape[1:])
+
+
+def _gather_rows(p: torch.Tensor, room: torch.Tensor) -> torch.Tensor:
+    """The whole of row-sharded ``p`` gathered into ``room`` (a collective of the training ranks)."""
+    shape = _gathered_shape(p)
+    whole = room[: torch.Size(shape).numel()].view(shape)
+    per_rank = shape[0] // p.device_mesh.size()
+    local = p.to_local()
+    if local.shape[0] != per_rank:  # a short (or empty) last shard, padded to the others' size
+        local = torch.cat([local, local.new_zeros((per_rank - local.shape[0], *local.shape[1:]))])
+    dist.all_gather_into_tensor(whole, local.contiguous(), group=p.device_mesh.get_group())
+    return whole[: p.shape[0]]
+
+
+def publish(model, version: int, ctx: distributed.Context) -> None:
+    """Version ``version`` of the trained weights to every rollout worker (see the module docstring).
+
+    Every training rank calls it: rank 0 announces the version on the gloo control group, then each
+    parameter in turn is made whole and broadcast from rank 0. Under FSDP2 the shards are gathered
+    into one buffer the size of the largest parameter, reused for each (the next gather runs after
+    the broadcast, in stream order on GPUs), so a publish holds one parameter beyond the model."""
+    if ctx.main:
+        note = torch.tensor([version], dtype=torch.int64)
+        for w in ctx.rollout_ranks:
+            dist.send(note, dst=w, group=ctx.control_group)
+    params = [p.detach() for _, p in trainable(model)]
+    rooms: dict[torch.dtype, int] = {}
+    for p in filter(_row_sharded, params):
+        rooms[p.dtype] = max(rooms.get(p.dtype, 0), torch.Size(_gathered_shape(p)).numel())
+    local = next((p.to_local() for p in params if _row_sharded(p)), None)
+    buffers = {dtype: local.new_empty(n, dtype=dtype) for dtype, n in rooms.items()}
+    for p in params:
+        if _row_sharded(p):
+            whole = _gather_rows(p, buffers[p.dtype])
+        else:
+            whole = p.full_tensor() if hasattr(p, "full_tensor") else p
+        if ctx.main:
+            dist.broadcast(whole, src=0, group=ctx.publish_group)
+        del whole
+
+
+def transfers_done(ctx: distributed.Context) -> None:
+    """Wait until every weight transfer issued so far has completed on both ends, not only been
+    enqueued (training rank 0 and every worker call it, at the end of the run). A barrier of the
+    publish group completes after the group's earlier collectives (NCCL: in stream order; gloo: it
+    waits for prior work); a process that left before would abandon transfers in flight."""
+    device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
+    dist.barrier(group=ctx.publish_group, device_ids=device_ids)
+
+
+#: The names of the receiving threads (announcements on a worker, batches on training rank 0).
+RECEIVER_THREADS = ("announcements", "batches")
 
 
 def receivers_alive() -> bool:
@@ -104,48 +149,90 @@ def receivers_alive() -> bool:
     return any(t.name in RECEIVER_THREADS and t.is_alive() for t in threading.enumerate())
 
 
-class WeightReceiver:
-    """A worker's thread that receives every published version, in order, and keeps the newest ``keep``."""
+class Announcements:
+    """A worker's thread that receives the announced versions (gloo: each arrived when received), in order."""
 
-    def __init__(self, like: list[torch.Tensor], versions: list[int], ctx: distributed.Context, keep: int):
-        self._like, self._versions, self._ctx, self._keep = like, versions, ctx, keep
-        self._store: dict[int, list[torch.Tensor]] = {}
-        self._cond = threading.Condition()
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._receive, name=RECEIVER_THREADS[0], daemon=True)
+    def __init__(self, count: int, ctx: distributed.Context):
+        self._ctx = ctx
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(
+            target=self._receive, args=(count,), name=RECEIVER_THREADS[0], daemon=True
+        )
         self._thread.start()
 
-    def _receive(self) -> None:
+    def _receive(self, count: int) -> None:
+        for _ in range(count):
+            note = torch.empty(1, dtype=torch.int64)
+            try:
+                dist.recv(note, src=0, group=self._ctx.control_group)
+            except BaseException as e:  # the trainer is gone, or silent past the time-out
+                self._queue.put(e)
+                return
+            self._queue.put(int(note))
+
+    def next(self, block: bool) -> int | None:
+        """The next announced version (``None`` if ``block`` is false and none has arrived)."""
         try:
-            for version in self._versions:
-                flats = buffers_like(self._like, self._ctx.device)
-                for flat in flats:
-                    dist.broadcast(flat, src=0, group=self._ctx.publish_group)
-                with self._cond:
-                    self._store[version] = flats
-                    for old in sorted(self._store)[: -self._keep]:
-                        del self._store[old]
-                    self._cond.notify_all()
-        except BaseException as e:  # the trainer is gone: the main thread reports it
-            with self._cond:
-                self.error = e
-                self._cond.notify_all()
+            item = self._queue.get(block=block)
+        except queue.Empty:
+            return None
+        if isinstance(item, BaseException):
+            raise WorkerDied(f"the trainer (rank 0) stopped publishing weights: {describe_failure(item)}")
+        return item
 
-    def get(self, at_least: int, exact: bool = False) -> tuple[int, list[torch.Tensor]]:
-        """Version ``at_least`` (``exact``) or the newest one at least as new, waiting for it."""
-        with self._cond:
-            while True:
-                found = [v for v in self._store if (v == at_least if exact else v >= at_least)]
-                if found:
-                    return max(found), self._store[max(found)]
-                if self.error is not None or not self._thread.is_alive():
-                    raise WorkerDied(f"the trainer (rank 0) stopped publishing weights: {self.error}")
-                self._cond.wait(1.0)
 
-    def join(self) -> None:
-        self._thread.join()
-        if self.error is not None:
-            raise WorkerDied(f"the trainer (rank 0) stopped publishing weights: {self.error}")
+class WeightInbox:
+    """A worker's weights: the versions it holds, received into ``params`` (its model's trained
+    parameters) on the calling thread, in announced order (see the module docstring)."""
+
+    def __init__(self, params: list[torch.Tensor], versions: list[int], ctx: distributed.Context):
+        self._params, self._ctx = params, ctx
+        self._versions = list(versions)  # every version the trainer will publish, in order
+        self.version: int | None = None  # the version ``params`` hold
+        self._announced = Announcements(len(self._versions), ctx)
+
+    def take(self, at_least: int, exact: bool) -> int:
+        """Hold version ``at_least`` (``exact``), or the newest announced one at least as new; the
+        version held. Versions are received in order, waiting for their announcement if need be."""
+        while self.version is None or self.version < at_least:
+            self._receive(self._announced.next(block=True))
+        if exact and self.version != at_least:
+            raise RuntimeError(f"the worker holds version {self.version}; the batch needs {at_least}")
+        while not exact and (version := self._announced.next(block=False)) is not None:
+            self._receive(version)
+        return self.version
+
+    def finish(self) -> None:
+        """Receive the versions still to come (every worker takes part in every publish) and wait until
+        their transfers are done (:func:`transfers_done`): then the worker may leave."""
+        while self.version is None or self.version < self._versions[-1]:
+            self._receive(self._announced.next(block=True))
+        try:
+            transfers_done(self._ctx)
+        except RuntimeError as e:
+            raise WorkerDied(
+                f"the trainer (rank 0) stopped publishing weights: {describe_failure(e)}"
+            ) from None
+
+    @torch.no_grad()
+    def _receive(self, version: int) -> None:
+        expected = self._versions[0] if self.version is None else self.version + 1
+        if version != expected:
+            raise RuntimeError(f"version {version} announced; version {expected} was expected next")
+        try:
+            for p in self._params:
+                dist.broadcast(p.detach(), src=0, group=self._ctx.publish_group)
+        except RuntimeError as e:
+            raise WorkerDied(
+                f"the trainer (rank 0) stopped publishing weights: {describe_failure(e)}"
+            ) from None
+        self.version = version
+
+
+def describe_failure(e: BaseException) -> str:
+    """A collective's error on one line, with the process groups' time-out named."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return f"{first} (process-group time-out dist_timeout_s={distributed.timeout_s():g})"
 
 
 # --------------------------------------------------------------------- batches
@@ -190,7 +277,9 @@ class BatchReceiver:
                 continue
             if batch is None:
                 rank, e = self.error
-                raise WorkerDied(f"rollout worker rank {rank} died or stopped sending batches: {e}")
+                raise WorkerDied(
+                    f"rollout worker rank {rank} died or stopped sending batches: {describe_failure(e)}"
+                )
             if batch["step"] != b:
                 raise RuntimeError(f"expected the batch of step {b}, received step {batch['step']}")
             return batch

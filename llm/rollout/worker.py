@@ -3,7 +3,8 @@
 Batch ``b`` (the batch of step ``b``) is made by worker ``b mod rollout_ranks``
 from a version ``v >= b - lead`` (:func:`.generator.lead_of`), waiting for it
 if need be (``perf/weight_wait_s``), so every trained batch lags at most
-``max_staleness`` versions. With ``async_weights=latest`` the worker takes
+``max_staleness`` versions. Versions are received between batches, into the
+worker's own model (:class:`.transport.WeightInbox`). With ``async_weights=latest`` the worker takes
 the newest version it has (the lag depends on timing); with ``fixed``
 exactly ``max(0, b - lead)``, which makes the run deterministic and equal to
 the in-process source with the same lag.
@@ -24,7 +25,7 @@ import torch.distributed as dist
 from .. import build, distributed
 from ..tasks import make_reward
 from .generator import Generator
-from .transport import WeightReceiver, WorkerDied, trainable, unflatten_into
+from .transport import WeightInbox, WorkerDied, parameter_layout, trainable
 
 __all__ = ["leave", "run_worker", "worker_main"]
 
@@ -44,22 +45,23 @@ def run_worker(config, ctx: distributed.Context) -> None:
     generator = Generator(policy, build.make_task(config), make_reward(config.task.reward_values), config)
     if plan["generator"] is not None:
         generator.load_state_dict(plan["generator"])
-    params = [p for _, p in trainable(model)]
-    fixed = config.async_weights == "fixed"
-    receiver = WeightReceiver(params, plan["versions"], ctx, keep=config.lag + 2 if fixed else 1)
+    if plan["parameters"] != parameter_layout(model):
+        raise WorkerDied(
+            "the worker's trained parameters differ from the trainer's (names, shapes or dtypes)"
+        )
+    inbox = WeightInbox([p for _, p in trainable(model)], plan["versions"], ctx)
+    exact = config.async_weights == "fixed"
     version = None
     for b in range(plan["start"], config.steps):
         if generator.partial is None and b % ctx.world_size != ctx.rank:
             generator.skip()
             continue
         waited = time.perf_counter()
-        v, flats = receiver.get(max(plan["versions"][0], b - generator.lead), exact=fixed)
+        held = inbox.take(max(plan["versions"][0], b - generator.lead), exact=exact)
+        if held != version and hasattr(policy.backend, "update_weights"):
+            policy.backend.update_weights(model)  # the engine's own reload, from the model's weights
+        version = held
         waited = time.perf_counter() - waited
-        if v != version:
-            unflatten_into(params, flats)
-            if hasattr(policy.backend, "update_weights"):
-                policy.backend.update_weights(model)
-            version = v
         batch = generator.make(b, version)
         batch.stats["perf/weight_wait_s"] = waited
         message = {"batch": batch.pack(), "step": b, "generator": generator.state_dict()}
@@ -67,7 +69,7 @@ def run_worker(config, ctx: distributed.Context) -> None:
             dist.send_object_list([message], dst=0, group=ctx.channel_group)
         except RuntimeError as e:
             raise WorkerDied(f"the trainer (rank 0) stopped receiving batches: {e}") from None
-    receiver.join()
+    inbox.finish()
 
 
 def worker_main(config, ctx: distributed.Context) -> NoReturn:

@@ -3,6 +3,8 @@
     torchrun --standalone --nproc_per_node 2 tests/llm/dist_worker.py update OUT.json [ddp|fsdp]
     torchrun --standalone --nproc_per_node 2 tests/llm/dist_worker.py trainer OUT.json RUN_DIR CACHE \\
         ddp|fsdp [straight|killed|resume]
+    torchrun --standalone --nproc_per_node 3 tests/llm/dist_worker.py publish OUT.json
+    torchrun --standalone --nproc_per_node 2 tests/llm/dist_worker.py silent OUT.json
 
 ``update``: every rank builds the same tiny model and the same global
 rollout batch; rank 0 also runs the single-process update on a copy of
@@ -10,7 +12,12 @@ the model over the whole batch. The ranks then update their shards
 (whole groups) through the wrapped model. Rank 0 writes the largest
 differences of the loss, the gradients and the updated weights.
 ``trainer``: two training steps of ``pmdlab.llm.train`` under torchrun;
-each rank writes a digest of its weights.
+each rank writes a digest of its weights, rank 0 the whole weights.
+``publish``: ranks 0 and 1 train a tiny model under FSDP2, rank 2 is a
+rollout worker; rank 0 publishes version 0 and the worker receives it, each
+under a live-bytes tracker; every rank writes what it measured.
+``silent``: rank 1, a rollout worker, waits for a version that rank 0 never
+announces, with a 3 s process-group time-out; it writes the error.
 """
 
 from __future__ import annotations
@@ -167,15 +174,70 @@ def trainer(out_path: str, run_dir: str, cache: str, strategy: str, mode: str = 
         for key in sorted(state):
             digest.update(state[key].detach().double().contiguous().numpy().tobytes())
         result["digest"] = digest.hexdigest()
-    if t.ctx.main:
-        from transformers import AutoModelForCausalLM
-
-        saved = AutoModelForCausalLM.from_pretrained(f"{run_dir}/step-{t.step:06d}/model").state_dict()
-        result["checkpoint_diff"] = max(float((saved[k] - state[k]).abs().max()) for k in saved)
+    if t.ctx.main:  # the whole trained weights, for the test to compare with what the checkpoint holds
+        torch.save(state, f"{out_path}.weights.pt")
     with open(f"{out_path}.rank{t.ctx.rank}", "w") as f:
         json.dump(result, f)
     dist.barrier()
     dist.destroy_process_group()
+
+
+def publish(out_path: str) -> None:
+    from pmdlab.llm.rollout import transport
+    from tests.llm.memtrack import LiveBytes
+
+    ctx = distributed.setup("cpu", rollout_ranks=1)
+    torch.set_num_threads(1)
+    cfg = TinyModelConfig(hidden_size=64, layers=4, heads=2, intermediate_size=128, max_positions=32, seed=0)
+    model = build_model(cfg, build_tokenizer())  # the same weights on every rank
+    reference = [p.detach().clone() for _, p in transport.trainable(model)]
+    sizes = [p.numel() * p.element_size() for p in reference]
+    result = {"rank": ctx.global_rank, "largest_parameter": max(sizes), "model": sum(sizes)}
+    if ctx.role == "train":
+        model = distributed.wrap(model, ctx, "fsdp")
+        with LiveBytes() as tracker:
+            transport.publish(model, 0, ctx)
+        result["publish_peak"] = tracker.peak
+        if ctx.main:
+            transport.transfers_done(ctx)
+        with LiveBytes() as tracker:  # for contrast: the whole model gathered, as a publish once did
+            whole = distributed.full_state_dict(model)
+        result["gathered_peak"] = tracker.peak
+        del whole
+    else:
+        params = [p for _, p in transport.trainable(model)]
+        with torch.no_grad():
+            for p in params:
+                p.zero_()
+        inbox = transport.WeightInbox(params, [0], ctx)
+        with LiveBytes() as tracker:
+            held = inbox.take(0, exact=True)
+        inbox.finish()
+        result["receive_peak"] = tracker.peak
+        result["held"] = held
+        result["equal"] = all(torch.equal(p, r) for p, r in zip(params, reference))
+    with open(f"{out_path}.rank{ctx.global_rank}", "w") as f:
+        json.dump(result, f)
+
+
+def silent(out_path: str) -> None:
+    import time
+
+    from pmdlab.llm.rollout import transport
+
+    ctx = distributed.setup("cpu", rollout_ranks=1, timeout=3.0)
+    if ctx.role == "train":
+        time.sleep(10)  # alive, but announcing nothing
+        return
+    inbox = transport.WeightInbox([torch.zeros(3)], [0], ctx)
+    start = time.monotonic()
+    try:
+        inbox.take(0, exact=True)
+        error = None
+    except transport.WorkerDied as e:
+        error = str(e)
+    with open(out_path, "w") as f:
+        json.dump({"error": error, "waited_s": time.monotonic() - start}, f)
 
 
 if __name__ == "__main__":
@@ -183,6 +245,10 @@ if __name__ == "__main__":
 
     if sys.argv[1] == "update":
         update(sys.argv[2], sys.argv[3] if len(sys.argv) > 3 else "ddp")
+    elif sys.argv[1] == "publish":
+        publish(sys.argv[2])
+    elif sys.argv[1] == "silent":
+        silent(sys.argv[2])
     else:
         trainer(*sys.argv[2:])
     # Its results written and the group destroyed, the rank leaves without the interpreter's teardown,

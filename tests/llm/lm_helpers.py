@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import tempfile
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from pmdlab.llm.tiny import TinyModelConfig, build_model, build_tokenizer
 
@@ -118,3 +123,29 @@ def records_so_far(path):
         return metrics_log.read([path]) if path.exists() else []
     except ValueError:
         return []
+
+
+def checkpoint_weights(folder, export_to) -> dict:
+    """The weights a checkpoint holds: its model folder, or for a sharded one what
+    ``python -m pmdlab.llm.export`` makes of its shards (checking the checkpoint's files first)."""
+    folder = Path(folder)
+    if (folder / "shards").is_dir():
+        assert sorted(p.name for p in (folder / "shards").glob("*.distcp")) == [
+            "__0_0.distcp",
+            "__1_0.distcp",
+        ]
+        assert not (folder / "model" / "model.safetensors").exists()  # nothing gathered on rank 0
+        assert {"rank0.pt", "rank1.pt", "trainer.pt"} <= {p.name for p in folder.iterdir()}
+        manifest = json.loads((folder / "manifest.json").read_text())["files"]
+        assert {"shards/__0_0.distcp", "shards/__1_0.distcp", "shards/.metadata"} <= manifest.keys()
+        done = subprocess.run(
+            [sys.executable, "-m", "pmdlab.llm.export", str(folder), str(export_to)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        folder = export_to
+    else:
+        folder = folder / "model"
+    return load_file(folder / "model.safetensors")

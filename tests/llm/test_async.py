@@ -16,11 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from hypothesis import given
-from hypothesis import strategies as st
-from safetensors.torch import load_file
 
-from pmdlab.llm.rollout import transport
 from pmdlab.llm.rollout.batch import ScoredBatch
 from pmdlab.llm.rollout.sources import RemoteSource
 from pmdlab.llm.train import TrainConfig, Trainer
@@ -28,7 +24,7 @@ from pmdlab.rl.algorithms import Algorithm
 from pmdlab.rl.config import to_dict
 from pmdlab.rl.rollout import Rollout
 
-from .lm_helpers import records_so_far, small_config, weights
+from .lm_helpers import checkpoint_weights, records_so_far, small_config, weights
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,8 +57,9 @@ def finish(proc, timeout=300) -> str:
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    """The last checkpoint's weights (exported first if FSDP2 wrote them in shards)."""
     last = sorted(run.glob("step-*"))[-1]
-    return load_file(last / "model" / "model.safetensors")
+    return checkpoint_weights(last, run.parent / f"{run.name}-exported")
 
 
 def timeless(path: Path, drop=("perf/", "async/", "run")) -> list[dict]:
@@ -88,21 +85,6 @@ def alive(pid: int) -> bool:
 
 
 # --------------------------------------------------------------------- pure parts
-
-
-@given(
-    shapes=st.lists(st.tuples(st.integers(1, 4), st.integers(1, 3)), min_size=1, max_size=5),
-    dtypes=st.lists(st.sampled_from([torch.float32, torch.float64, torch.bfloat16]), min_size=5, max_size=5),
-)
-def test_flatten_and_unflatten_are_inverse_over_mixed_dtypes(shapes, dtypes):
-    tensors = [torch.randn(*s).to(d) for s, d in zip(shapes, dtypes)]
-    flats = transport.flatten(tensors)
-    assert len(flats) == len({t.dtype for t in tensors})
-    like = transport.buffers_like(tensors, "cpu")
-    assert [(b.dtype, b.numel()) for b in like] == [(f.dtype, f.numel()) for f in flats]
-    targets = [torch.zeros_like(t) for t in tensors]
-    transport.unflatten_into(targets, flats)
-    assert all(torch.equal(a, b) for a, b in zip(tensors, targets))
 
 
 def test_a_packed_batch_unpacks_to_the_same_tensors_and_travels_without_torch_pickling():
@@ -403,3 +385,113 @@ def test_receivers_alive_sees_a_blocked_receiving_thread():
     release.set()
     thread.join()
     assert not receivers_alive()
+
+
+# --------------------------------------------------------------------- NCCL's early return, simulated
+
+
+def start_nccl_like(tmp_path, out, *extra, **settings) -> list[subprocess.Popen]:
+    """A trainer and a rollout worker whose weight broadcasts return before their data has arrived, as
+    NCCL's do (``tests/llm/nccl_like.py``), started as torchrun would."""
+    from pmdlab.llm.rollout.launch import _free_port
+
+    settings.setdefault("threads", 1)
+    config = _config_file(tmp_path, **settings)
+    port = str(_free_port())
+    procs = []
+    for rank in range(2):
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(ROOT),
+            WORLD_SIZE="2",
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            LOCAL_WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port,
+            OMP_NUM_THREADS="1",
+        )
+        cmd = [sys.executable, str(ROOT / "tests" / "llm" / "nccl_like.py"), "--config", str(config)]
+        cmd += ["async_rollouts=true", f"out={out}", "dist_timeout_s=120", *extra]
+        procs.append(subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def finish_all(procs, timeout=300) -> None:
+    try:
+        errors = [p.communicate(timeout=timeout)[1] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    failed = [f"rank {r}: {err[-3000:]}" for r, (p, err) in enumerate(zip(procs, errors)) if p.returncode]
+    assert not failed, "\n".join(failed)
+
+
+@needs_gloo
+def test_with_broadcasts_that_return_early_every_version_arrives_in_order_with_its_weights(tmp_path):
+    """NCCL semantics on gloo: a broadcast returns before its data has arrived. With ``fixed`` weights
+    and lag 2 the run is still the in-process run with the same lag, weight for weight and record for
+    record: every batch sampled by exactly the version it should be, holding exactly that version's
+    weights."""
+    settings = dict(steps=6, eval_every=3, save_every=3)
+    finish_all(
+        start_nccl_like(tmp_path, tmp_path / "nccl", "max_staleness=2", "async_weights=fixed", **settings)
+    )
+    sync = Trainer(small_config(tmp_path, out=str(tmp_path / "sync"), max_staleness=2, threads=1, **settings))
+    sync.run()
+    mine, theirs = final_weights(tmp_path / "nccl"), weights(sync)
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    a, s = timeless(tmp_path / "nccl" / "metrics.jsonl"), timeless(tmp_path / "sync" / "metrics.jsonl")
+    assert [r["step"] for r in a] == list(range(7)) and a == s
+    lags = [r["async/lag"] for r in records_so_far(tmp_path / "nccl" / "metrics.jsonl") if "async/lag" in r]
+    assert lags == [0.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+
+
+@needs_gloo
+def test_with_broadcasts_that_return_early_the_newest_weights_lag_within_the_bound(tmp_path):
+    k, steps = 2, 8
+    out = tmp_path / "run"
+    finish_all(
+        start_nccl_like(
+            tmp_path, out, f"max_staleness={k}", "async_weights=latest", steps=steps, eval_every=0
+        )
+    )
+    records = records_so_far(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == list(range(1, steps + 1))
+    assert all(0 <= r["async/lag"] <= k for r in records)
+    assert all(r["train/sampler_version"] == r["step"] - 1 - r["async/lag"] for r in records)
+    versions = [r["train/sampler_version"] for r in records]
+    assert versions == sorted(versions)  # versions arrive in order
+
+
+# --------------------------------------------------------------------- placement
+
+
+@pytest.fixture
+def one_gpu(monkeypatch):
+    """A machine with one visible GPU, as far as the placement check can tell."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+
+
+def test_asynchronous_rollouts_on_too_few_gpus_are_one_error_line(one_gpu, capsys, tmp_path):
+    """A trainer and a rollout worker need two GPUs (NCCL refuses two ranks on one); with one visible
+    the run stops before starting any process, saying what is needed."""
+    from pmdlab.llm.train import main
+
+    status = main(["async_rollouts=true", f"out={tmp_path / 'run'}", "progress=false"])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and len(err.splitlines()) == 1
+    assert err.startswith("error: 2 processes on this machine need a GPU each, but 1 is visible")
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_under_torchrun_more_local_ranks_than_gpus_are_refused(one_gpu, monkeypatch):
+    from pmdlab.llm import distributed
+
+    env = dict(WORLD_SIZE="3", RANK="2", LOCAL_RANK="2", LOCAL_WORLD_SIZE="3")
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ValueError, match="3 processes on this machine need a GPU each, but 1 is visible"):
+        distributed.setup("auto", rollout_ranks=1)
+    distributed.check_devices(3, "cpu")  # on the CPU nothing to check

@@ -37,7 +37,7 @@ def test_an_intact_checkpoint_verifies_and_every_damage_is_named(tmp_path):
     data = bytearray(original)
     data[-1] ^= 0xFF  # same size, one byte changed
     weights_file.write_bytes(bytes(data))
-    assert "model/model.safetensors does not match its SHA-256" in checkpoint.problem(newest)
+    assert "model/model.safetensors does not match its digest" in checkpoint.problem(newest)
     _truncate(weights_file)
     assert "model/model.safetensors has 100 bytes" in checkpoint.problem(newest)
     weights_file.write_bytes(original)
@@ -82,3 +82,31 @@ def test_every_checkpoint_damaged_is_a_one_line_error_naming_the_folder(tmp_path
     assert done.stderr.strip().splitlines() == [
         f"error: resume: no intact checkpoint in {run} (2 found, every one damaged)"
     ]
+
+
+def test_a_small_file_is_digested_whole_and_a_large_one_by_samples_that_catch_cuts_and_swaps(tmp_path):
+    import hashlib
+
+    from pmdlab.llm.digest import sampled_sha256
+
+    small = tmp_path / "small"
+    small.write_bytes(b"abc" * 1000)
+    assert sampled_sha256(small) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    mib = 1 << 20
+    a, b = tmp_path / "a", tmp_path / "b"
+    data = bytes(range(256)) * (40 * mib // 256) + b"tail"  # 16 samples of 1 MiB, 2.6 MiB apart
+    a.write_bytes(data)
+    b.write_bytes(data[::-1])  # another shard of the same size
+    digest = sampled_sha256(a, whole_below=mib)
+    assert digest.startswith("sampled:") and digest != sampled_sha256(b, whole_below=mib)
+    a.write_bytes(data[:-1])  # cut by one byte
+    assert sampled_sha256(a, whole_below=mib) != digest
+    for at in (0, len(data) - 1):  # a damaged head or tail
+        damaged = bytearray(data)
+        damaged[at] ^= 0xFF
+        a.write_bytes(bytes(damaged))
+        assert sampled_sha256(a, whole_below=mib) != digest
+    damaged = bytearray(data)  # the stated limit: a byte between the samples goes unseen
+    damaged[mib + mib // 2 + 7] ^= 0xFF
+    a.write_bytes(bytes(damaged))
+    assert sampled_sha256(a, whole_below=mib) == digest
