@@ -26,7 +26,7 @@ the bound is ``(R + U) / max(R, U)``, printed for the 2-thread times.
 
 A shared machine's speed drifts between runs, so each round's three runs are also
 compared with each other: the script prints each round's ratio and share of its own
-bound, and their means over rounds with 95% bootstrap intervals.
+bound, and their means over rounds with 95% intervals (method named beside each).
 
 Settings: ``embedded`` (the trainer's defaults: the tiny model, 32 prompts x 8,
 2 minibatches) and ``balanced`` (generation about half the step: 8 responses of
@@ -50,7 +50,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pmdlab.rl.stats import bootstrap_mean
+from pmdlab.rl.stats import mean_interval
 
 SETTINGS = {
     "embedded": [],
@@ -144,11 +144,11 @@ def measure(name: str, base: list[str], steps: int, warmup: int, staleness: int,
     if rounds > 1:
         each = ", ".join(f"{r:.2f}x ({f:.0%})" for r, f in zip(rounds_ratio, rounds_share))
         print(f"  round by round: {each}")
-        gain, share = bootstrap_mean(rounds_ratio), bootstrap_mean(rounds_share)
+        gain, share = mean_interval(rounds_ratio), mean_interval(rounds_share)
         print(
             f"  mean over rounds: {gain.estimate:.2f}x [{gain.low:.2f}, {gain.high:.2f}], "
             f"{share.estimate:.0%} [{share.low:.0%}, {share.high:.0%}] of each round's bound "
-            "(95% bootstrap intervals)"
+            "(95% intervals)"
         )
     print(f"  against the overlapping halves' own times (R2 + U2) / max(R, U) = {co:.2f}x ({ratio / co:.0%})")
     print(f"  pipeline overhead per step (async step - the slower half) = {overhead * 1e3:.1f} ms")

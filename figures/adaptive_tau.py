@@ -4,7 +4,7 @@ Left: the exact population step for binary rewards, the gain ``p' − p`` agains
 ``p`` with every prompt at ``τ`` (``fixed``) and at ``τ sqrt(p (1 − p))``
 (``std``). Middle and right: bandit training of PMD-mean with each rule over a
 range of base τ, mean success early in the run (a third of the way: the
-improvement rate) and at the end, mean over seeds with 95% bootstrap intervals.
+improvement rate) and at the end, mean over seeds with 95% intervals (method named beside each).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from pmdlab.bandit.experiments import train_many
 from pmdlab.rl import Algorithm
-from pmdlab.rl.stats import bootstrap_mean
+from pmdlab.rl.stats import mean_interval
 from pmdlab.rl.tau_rules import TAU_RULES, population_tau
 from pmdlab.theory import pmd_mean_step
 
@@ -75,7 +75,7 @@ def _plot(d, params):
     ax.legend(fontsize=7)
     for ax, when in zip(axes[1:], ("early", "final")):
         for k, rule in enumerate(TAU_RULES):
-            bands = [bootstrap_mean(v, resamples=2_000) for v in d[f"{rule}/{when}"]]
+            bands = [mean_interval(v, resamples=2_000) for v in d[f"{rule}/{when}"]]
             ax.errorbar(
                 d["taus"] * (1.06 if k else 1.0),
                 [b.estimate for b in bands],
@@ -108,7 +108,7 @@ def _caption(d, params):
         cells = []
         for rule in TAU_RULES:
             values, tau = _best(d, rule, when)
-            cells.append(f"{_RULE_LABEL[rule]} {bootstrap_mean(values)} at τ = {tau:g}")
+            cells.append(f"{_RULE_LABEL[rule]} {mean_interval(values)} at τ = {tau:g}")
         parts.append(f"best {when} success: " + ", ".join(cells))
     return (
         "PMD-mean with a fixed τ and with τ scaled per prompt by the standard deviation of its rewards "
@@ -117,7 +117,8 @@ def _caption(d, params):
         f"n = {params['n']}, "
         f"{params['minibatches']} minibatch steps per batch, staleness {params['staleness']}, Adam lr "
         f"{params['lr']}), mean success at step {int(d['early_step'])} and {params['steps']}, mean over "
-        f"{params['seeds']} seeds with 95% bootstrap intervals. At the same base τ the std rule is the "
+        f"{params['seeds']} seeds with 95% intervals (method named beside each). At the same base τ "
+        "the std rule is the "
         "bolder (τ_x ≤ τ/2), so the rules are compared at each one's best τ: " + "; ".join(parts) + "."
     )
 

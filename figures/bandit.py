@@ -7,7 +7,7 @@ import numpy as np
 from pmdlab.bandit import BanditConfig, TaskConfig
 from pmdlab.bandit.experiments import one_step_success, sample_targets, target_error, training_dynamics
 from pmdlab.rl import Algorithm
-from pmdlab.rl.stats import bootstrap_mean
+from pmdlab.rl.stats import mean_interval
 from pmdlab.theory import pmd_mean_step, pmd_part_step
 
 from .compare import claim_above, claim_positive, verdict
@@ -220,7 +220,7 @@ def _caption_dynamics(d, params):
     parts = []
     for s in settings:
         finals = {a: d[f"{s}/{a}/success_mean"][:, -1] for a in d["algorithms"]}
-        cells = ", ".join(f"{a} {bootstrap_mean(v)}" for a, v in finals.items())
+        cells = ", ".join(f"{a} {mean_interval(v)}" for a, v in finals.items())
         diffs = "; ".join(
             verdict(finals["PMD-mean"], v, ("PMD-mean", a)) for a, v in finals.items() if a != "PMD-mean"
         )
@@ -234,8 +234,8 @@ def _caption_dynamics(d, params):
         f"log-linear policy shared across prompts, n = {params['n']} rollouts per prompt, "
         f"{params['minibatches']} minibatch steps per batch, Adam lr {params['lr']}, τ = {params['tau']} "
         "for the PMD losses), mean over "
-        f"prompts of the success probability, mean over {params['seeds']} seeds with 95% bootstrap bands "
-        "(intervals: 95% percentile bootstrap over seeds). "
+        f"prompts of the success probability, mean over {params['seeds']} seeds with 95% bands "
+        "(intervals: 95% over seeds, method named beside each). "
         + ". ".join(parts)
         + ". A collapse event is a prompt whose success falls by more than 0.2 in one step."
     )
@@ -295,7 +295,7 @@ register(
             "at small n and with staleness."
         ),
         full={**_DYNAMICS, "prompts": 128, "responses": 64, "steps": 300, "seeds": 5},
-        quick={**_DYNAMICS, "prompts": 32, "responses": 16, "steps": 40, "seeds": 2},
+        quick={**_DYNAMICS, "prompts": 32, "responses": 16, "steps": 40, "seeds": 3},
         compute=_dynamics,
         plot=_plot_dynamics,
         caption=_caption_dynamics,

@@ -12,7 +12,7 @@ import numpy as np
 
 from pmdlab.bandit.experiments import training_dynamics
 from pmdlab.rl import Algorithm
-from pmdlab.rl.stats import bootstrap_difference, bootstrap_mean
+from pmdlab.rl.stats import difference_interval, mean_interval
 
 from .bandit import base_config
 from .registry import Claim, Figure, register
@@ -59,11 +59,11 @@ def _caption(d, params):
     parts = []
     for tau in d["taus"]:
         exact, clamped = d[f"{tau}/exact/success"][:, -1], d[f"{tau}/clamped/success"][:, -1]
-        diff = bootstrap_difference(clamped, exact)
+        diff = difference_interval(clamped, exact)
         verdict = "the interval excludes 0" if diff.excludes_zero() else "not separated by these seeds"
         coll = {v: float(np.nansum(d[f"{tau}/{v}/collapses"]) / params["seeds"]) for v in _VARIANTS}
         parts.append(
-            f"τ = {tau:g}: final success exact {bootstrap_mean(exact)}, clamped {bootstrap_mean(clamped)}, "
+            f"τ = {tau:g}: final success exact {mean_interval(exact)}, clamped {mean_interval(clamped)}, "
             f"clamped − exact {diff} ({verdict}); collapse events per run {coll['exact']:.1f} and "
             f"{coll['clamped']:.1f}"
         )
@@ -72,7 +72,7 @@ def _caption(d, params):
         f"rewards, log-linear policy, n = {params['n']}, {params['minibatches']} minibatch steps per batch "
         f"as in the authors' runs, Adam lr {params['lr']}) with the exact leave-one-out partition baseline "
         "and the authors' clamped one (floor 1e-8), same seeds; mean over "
-        f"{params['seeds']} seeds with 95% bootstrap bands, intervals 95% percentile bootstrap over seeds. "
+        f"{params['seeds']} seeds with 95% bands, intervals 95% over seeds (method named beside each). "
         "±1 rewards at τ are {0, 1} rewards at τ/2 (docs/math.md §5). " + "; ".join(parts) + "."
     )
 

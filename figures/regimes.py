@@ -30,7 +30,7 @@ import numpy as np
 from pmdlab.bandit import BanditConfig
 from pmdlab.bandit.experiments import train_many
 from pmdlab.rl import Algorithm
-from pmdlab.rl.stats import bootstrap_difference, bootstrap_mean
+from pmdlab.rl.stats import difference_interval, mean_interval
 
 from .bandit import base_config
 from .compare import claim_above
@@ -149,7 +149,7 @@ def _separated(d, measure, sign):
     for i, (r, t) in enumerate(_rows(d)):
         for j, (n, s) in enumerate(_cols(d)):
             a, b = (_cell(d, measure, alg, r, t, n, s) for alg in ALGORITHMS)
-            diff = bootstrap_difference(a, b)  # as the captions and claims compute it: one verdict per cell
+            diff = difference_interval(a, b)  # as the captions and claims compute it: one verdict per cell
             if (diff.low > 0 and sign > 0) or (diff.high < 0 and sign < 0):
                 marks[i, j] = "*"
             elif diff.excludes_zero():
@@ -207,17 +207,17 @@ def _describe(params) -> str:
         f"{params['steps']} steps of {params['minibatches']} minibatch steps each, Adam lr {params['lr']}), "
         f"{params['seeds']} seeds per cell; the same seeds give the same task and initial policy to both "
         "losses. Rows: rewards {0, 1} or ±1 and τ; columns: responses per prompt n and how many versions "
-        "old the rollouts are. Intervals are 95% percentile bootstrap intervals over seeds."
+        "old the rollouts are. Intervals are 95% over seeds, each with its method."
     )
 
 
 def _cell_text(d, measure, r, t, n, s) -> str:
     a, b = (_cell(d, measure, alg, r, t, n, s) for alg in ALGORITHMS)
-    diff = bootstrap_difference(a, b)
+    diff = difference_interval(a, b)
     verdict = "not separated" if not diff.excludes_zero() else "separated"
     return (
         f"{'±1' if r == 'signed' else '{0, 1}'} rewards, τ = {t:g}, n = {n}, staleness {s}: PMD-mean "
-        f"{bootstrap_mean(a)}, PMD-part {bootstrap_mean(b)}, difference {diff} ({verdict})"
+        f"{mean_interval(a)}, PMD-part {mean_interval(b)}, difference {diff} ({verdict})"
     )
 
 

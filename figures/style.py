@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pmdlab.rl.stats import bootstrap_mean  # noqa: E402
+from pmdlab.rl.stats import mean_interval  # noqa: E402
 
 __all__ = ["ALGORITHM_COLORS", "METHOD_STYLE", "TAU_COLORS", "plot_mean_band", "plt", "save"]
 
@@ -45,10 +45,11 @@ ALGORITHM_COLORS = {
 
 def plot_mean_band(ax, x, values, color, style="-", alpha=0.15, resamples=2_000, **line):
     """``values[seed, point]`` drawn as their mean over seeds (a line, ``**line`` passed on) and the
-    95% percentile bootstrap interval of that mean at each point (a band; ``resamples`` per point,
-    fewer than the captions' intervals use, as a band has one per point)."""
+    95% interval of that mean at each point, a band (:func:`pmdlab.rl.stats.mean_interval`: Student-t
+    below 10 seeds; from 10 a percentile bootstrap of ``resamples`` per point, fewer than the captions'
+    intervals use, as a band has one per point)."""
     values = np.asarray(values)
-    bands = [bootstrap_mean(col, resamples=resamples) for col in values.T]
+    bands = [mean_interval(col, resamples=resamples) for col in values.T]
     ax.plot(x, values.mean(axis=0), style, color=color, lw=1.6, **line)
     ax.fill_between(x, [b.low for b in bands], [b.high for b in bands], color=color, alpha=alpha)
 

@@ -14,15 +14,17 @@ the runs, which finish their step, checkpoint it and stop; the sweep then
 exits with status ``128 + signal``.
 
 The summary gives, per algorithm, the held-out metrics at the first and the
-last evaluation as the mean over seeds with a 95% bootstrap interval
-(:mod:`pmdlab.rl.stats`), the gain, and the difference of every other
-algorithm's final ``eval/avg@k`` from the first algorithm's.
+last evaluation as the mean over seeds with a 95% interval (Student-t below
+10 seeds, named beside each: :mod:`pmdlab.rl.stats`), the gain (paired: one
+per seed), and the difference of every other algorithm's final held-out
+metrics from the first algorithm's, paired over the seeds they share.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -31,7 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from pmdlab.rl.algorithms import ALGORITHMS
-from pmdlab.rl.stats import bootstrap_difference, bootstrap_mean
+from pmdlab.rl.stats import difference_interval, mean_interval
 
 from . import checkpoint, metrics_log
 from .stopping import StopSignals
@@ -84,7 +86,7 @@ def run_sweep(
     # keep: the sweep stays to pass a second signal on too (its runs then abandon their step). The
     # loop, not the handler, passes them on: it reaches a run started just before, and may print.
     with StopSignals(keep=True) as signals:
-        while todo or running:
+        while running or (todo and not signals.received):  # a stop starts no more runs
             while todo and len(running) < jobs and not signals.received:
                 algorithm, seed = todo.pop(0)
                 run_dir = out / _run_name(algorithm, seed)
@@ -126,15 +128,29 @@ def run_sweep(
     return len(failed), signals.signum
 
 
-def outcomes(logs) -> dict[str, dict[str, dict[str, list[float]]]]:
-    """``{algorithm: {metric: {"first"|"last": [one value per run]}}}`` from metrics logs.
+#: Training metrics summarised by their mean over each run's last :data:`TAIL` steps.
+TRAINING = ("train/entropy", "train/response_length")
+TAIL = 10
 
-    "first" and "last" are the metric at the run's first and last evaluation; the metric
+
+def _seed_order(log) -> tuple[float, str]:
+    """Logs ordered by the seed in their run folder's name (``pmd_mean-seed2``), so that the runs of
+    every algorithm line up seed by seed."""
+    match = re.search(r"seed(\d+)", Path(log).parent.name)
+    return (int(match.group(1)) if match else float("inf"), str(log))
+
+
+def outcomes(logs) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """``{algorithm: {metric: {"first"|"last": [one value per run]}}}`` from metrics logs, each
+    algorithm's runs in seed order.
+
+    For held-out metrics "first" and "last" are the metric at the run's first and last evaluation;
+    for :data:`TRAINING` metrics "last" is their mean over the run's last :data:`TAIL` steps;
     ``perf/wall_s`` has only "last", each run's longest ``perf/wall_s``.
     Every run must have evaluated at the same steps, so that the runs compare."""
     out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     eval_steps = {}
-    for log in logs:
+    for log in sorted(logs, key=_seed_order):
         records = metrics_log.read([log])
         if not records:
             raise ValueError(f"{log}: the log is empty")
@@ -146,6 +162,11 @@ def outcomes(logs) -> dict[str, dict[str, dict[str, list[float]]]]:
         for metric in METRICS:
             out[algorithm][metric]["first"].append(float(evals[0][metric]))
             out[algorithm][metric]["last"].append(float(evals[-1][metric]))
+        steps = sorted((r for r in records if r.get(TRAINING[0]) is not None), key=lambda r: r["step"])
+        for metric in TRAINING:
+            tail = [float(r[metric]) for r in steps[-TAIL:] if r.get(metric) is not None]
+            if tail:
+                out[algorithm][metric]["last"].append(sum(tail) / len(tail))
         wall = [r["perf/wall_s"] for r in records if r.get("perf/wall_s") is not None]
         if wall:
             out[algorithm]["perf/wall_s"]["last"].append(max(wall))
@@ -156,12 +177,12 @@ def outcomes(logs) -> dict[str, dict[str, dict[str, list[float]]]]:
 
 
 def _mean_with_interval(values: list[float]) -> str:
-    """``mean [low, high]`` over seeds; one seed has no interval."""
-    return str(bootstrap_mean(values)) if len(values) > 1 else f"{values[0]:.3f} (1 seed)"
+    """``mean [low, high] (method, n seeds)`` over seeds; one seed has no interval."""
+    return str(mean_interval(values)) if len(values) > 1 else f"{values[0]:.3f} (1 seed)"
 
 
 def summary(logs) -> str:
-    """A Markdown table of :func:`outcomes` with 95% bootstrap intervals over seeds."""
+    """A Markdown table of :func:`outcomes` with 95% intervals over seeds, and the paired differences."""
     result = outcomes(logs)
     order = list(ALGORITHMS)  # PMD-mean first: the others are compared with it
     algorithms = sorted(result, key=lambda a: order.index(a) if a in order else len(order))
@@ -175,14 +196,25 @@ def summary(logs) -> str:
             gains = [y - x for x, y in zip(first, last)]  # paired: one gain per seed
             cells = [_mean_with_interval(v) for v in (first, last, gains)]
             lines.append(f"| {a} | {len(first)} | {metric} | " + " | ".join(cells) + " |")
-    reference = algorithms[0]
+    for a in algorithms:
+        for metric in TRAINING:
+            values = result[a].get(metric, {}).get("last", [])
+            if values:
+                cell = _mean_with_interval(values)
+                lines.append(f"| {a} | {len(values)} | {metric} (last {TAIL} steps) | | {cell} | |")
+    reference, differences = algorithms[0], []
     for a in algorithms[1:]:
-        ours, theirs = result[a]["eval/avg@k"]["last"], result[reference]["eval/avg@k"]["last"]
-        if min(len(ours), len(theirs)) < 2:
-            continue
-        d = bootstrap_difference(ours, theirs)
-        verdict = "differ" if d.excludes_zero() else "not separated by this many seeds"
-        lines.append(f"\nlast eval/avg@k, {a} − {reference}: {d} ({verdict})")
+        for metric in (*METRICS, *TRAINING):
+            if metric not in result[a] or metric not in result[reference]:
+                continue
+            ours, theirs = result[a][metric]["last"], result[reference][metric]["last"]
+            if min(len(ours), len(theirs)) < 2:
+                continue
+            d = difference_interval(ours, theirs, paired=len(ours) == len(theirs))  # the same seeds
+            verdict = "differ" if d.excludes_zero() else "not separated by this many seeds"
+            differences.append(f"- last {metric}, {a} − {reference}: {d} ({verdict})")
+    if differences:
+        lines += ["", *differences]
     walls = [w / 60 for a in algorithms for w in result[a].get("perf/wall_s", {}).get("last", [])]
     if walls:
         lines.append(f"\nwall time per run: {min(walls):.1f}–{max(walls):.1f} min")

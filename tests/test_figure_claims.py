@@ -21,8 +21,10 @@ from figures.registry import Claim
 )
 def test_claim_above_holds_only_when_the_interval_of_the_difference_is_above_zero(a, b, holds):
     c = claim_above("A beats B", a, b)
-    assert c.passed is holds and "difference" in c.detail and "5 and 5 seeds" in c.detail
+    assert c.passed is holds and "difference" in c.detail and "(Welch t, n = 5 + 5)" in c.detail
     assert claim_positive("gain", np.array(a) - np.array(b)).passed is holds
+    paired = claim_above("A beats B on the same seeds", a, b, paired=True)
+    assert paired.passed is holds and "(paired t, n = 5)" in paired.detail
 
 
 def test_verdict_names_the_higher_method_or_says_not_separated():

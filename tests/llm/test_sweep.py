@@ -12,7 +12,6 @@ from pmdlab.llm import metrics_log, sweep
 from pmdlab.llm.train import Trainer
 from pmdlab.rl.algorithms import Algorithm
 from pmdlab.rl.config import to_dict
-from pmdlab.rl.stats import bootstrap_mean
 
 from .lm_helpers import records_so_far as _records
 from .lm_helpers import small_config
@@ -71,8 +70,11 @@ def test_the_summary_states_means_and_intervals_from_the_logs(tmp_path):
     assert out["pmd_mean"]["eval/avg@k"]["last"] == [0.5, 0.6]
     assert out["grpo"]["eval/avg@k"]["first"] == [0.1, 0.1]
     table = sweep.summary(a + b)
-    assert f"| pmd_mean | 2 | eval/avg@k | 0.100 [0.100, 0.100] | {bootstrap_mean([0.5, 0.6])} |" in table
-    assert "grpo − pmd_mean: -0.300" in table and "(differ)" in table
+    # Two seeds: mean 0.55 ± t(1) 12.706 x s/sqrt(2) = 0.05, a Student-t interval named as such.
+    row = "| eval/avg@k | 0.100 [0.100, 0.100] (t, n = 2) | 0.550 [-0.085, 1.185] (t, n = 2) |"
+    assert row in table
+    # Paired over the shared seeds: grpo is 0.3 below on each, so the difference has no spread.
+    assert "last eval/avg@k, grpo − pmd_mean: -0.300 [-0.300, -0.300] (paired t, n = 2) (differ)" in table
 
 
 def test_overlapping_seeds_are_reported_as_not_separated(tmp_path):
@@ -110,7 +112,8 @@ def test_a_stopped_sweep_checkpoints_its_runs_and_the_same_command_continues(tmp
         json.dumps({k: v for k, v in settings.items() if k not in ("out", "algorithm", "seed")})
     )
     out = tmp_path / "sweep"
-    argv = ["--config", str(config), "--algorithms", "pmd_mean", "--seeds", "0,1", "--jobs", "2"]
+    # One run at a time: the signal comes while the second run is still to do, and starts it no more.
+    argv = ["--config", str(config), "--algorithms", "pmd_mean", "--seeds", "0,1", "--jobs", "1"]
     argv += ["--threads", "1", "--out", str(out)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "pmdlab.llm.sweep", *argv], stderr=subprocess.PIPE, text=True
