@@ -133,7 +133,7 @@ def _verl_or_skip(reason="verl is not installed"):
 
 
 def test_verl_finds_the_registered_losses_by_name():
-    core_algos = _verl_or_skip("verl is not installed (it pins transformers<5.11; see README, scaling up)")
+    core_algos = _verl_or_skip("verl is not installed (it pins transformers<5.11; see README, TRL and verl)")
     pv.register()
     old, new, seq_adv, mask = batch()
     fn = core_algos.get_policy_loss_fn("pmd_mean")
