@@ -241,6 +241,10 @@ def _report(args, argv, outcomes, verify_info, sections, total, trained=None, co
             ]
             lines += [_claim_line(c) for c in s["claims"] if c.kind == "check"]
             lines.append("")
+            found = [c for c in s["claims"] if c.kind == "finding"]
+            if found:
+                lines += ["What the logs show (findings over few seeds, not checks):", ""]
+                lines += [_claim_line(c) for c in found] + [""]
             tested = [c for c in s["claims"] if c.kind == "paper"]
             if tested:
                 lines += ["The paper's claims tested on these numbers:", ""]
@@ -259,6 +263,8 @@ def _claim_line(c) -> str:
     detail = f" ({c.detail})" if c.detail else ""
     if c.kind == "paper":
         return f"- {'reproduced' if c.passed else '**not reproduced**'}: {c.statement}{detail}"
+    if c.kind == "finding":
+        return f"- {'holds' if c.passed else '**does not hold**'}: {c.statement}{detail}"
     return f"- [{'x' if c.passed else ' '}] {c.statement}{detail}" + ("" if c.passed else " **FAILED**")
 
 

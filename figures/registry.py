@@ -22,8 +22,10 @@ __all__ = ["CLAIM_KINDS", "Claim", "FIGURES", "Figure", "register"]
 #: What a claim is. ``check``: something this project's numbers must satisfy (the
 #: code is wrong otherwise; a failure fails ``paper_repro.py``). ``paper``: a claim
 #: of the paper tested here; the report says whether it reproduced, and a claim
-#: that does not reproduce is a finding, not an error.
-CLAIM_KINDS = ("check", "paper")
+#: that does not reproduce is a finding, not an error. ``finding``: what an
+#: experiment's committed logs show (a real model's runs over a few seeds); the
+#: report says whether it holds, and either way is a result, not an error.
+CLAIM_KINDS = ("check", "paper", "finding")
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,8 @@ def test_claim_kinds():
     assert paper_repro._claim_line(Claim("x", False, "d", kind="paper")) == "- **not reproduced**: x (d)"
     assert paper_repro._claim_line(Claim("x", True, kind="paper")) == "- reproduced: x"
     assert paper_repro._claim_line(Claim("x", False)).endswith("**FAILED**")
+    assert paper_repro._claim_line(Claim("x", False, "d", kind="finding")) == "- **does not hold**: x (d)"
+    assert paper_repro._claim_line(Claim("x", True, kind="finding")) == "- holds: x"
 
 
 def test_run_measures_against_a_hand_computed_run():
